@@ -1,0 +1,110 @@
+"""Platform-neutral events and replies: the only vocabulary between the adapters and the conversation.
+
+An adapter (Telegram, Discord, console) turns a platform update into one of the events below and calls
+`Conversation.handle(event)`. The conversation answers through the adapter's `Messenger`, which turns a
+neutral `Reply` into platform calls. Nothing here knows about any platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Chat:
+    """Where an event happened and where answers go.
+
+    `chat_id` is the platform's id of the conversation (a Telegram chat id, a Discord channel id) and
+    `user_id` the platform's id of the person. Both are personal data: never log them.
+    """
+
+    platform: str  # "telegram" | "discord" | "console"
+    chat_id: str
+    user_id: str
+    private: bool
+
+
+@dataclass(frozen=True)
+class IncomingPhoto:
+    """A photo or image file the user sent; not yet downloaded.
+
+    `size` is what the platform reports (None when unknown), checked before `download` is called.
+    `download` fetches the bytes; the conversation calls it only after consent, in a private chat.
+    """
+
+    size: int | None
+    download: Callable[[], Awaitable[bytes]]
+    as_file: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    chat: Chat
+    name: str  # without the slash: "start", "forget", ...
+    args: str = ""
+    interaction: object | None = None  # platform handle for replies that must answer an interaction
+
+
+@dataclass(frozen=True)
+class ButtonPress:
+    chat: Chat
+    data: str  # untrusted: parsed and authorised by the conversation
+    message_id: str | None = None
+    interaction: object | None = None
+
+
+@dataclass(frozen=True)
+class TextMessage:
+    chat: Chat
+    text: str
+
+
+@dataclass(frozen=True)
+class PhotoMessage:
+    """One or more photos; an album (Telegram media group, Discord message with attachments) is one event."""
+
+    chat: Chat
+    photos: tuple[IncomingPhoto, ...]
+
+
+Event = Command | ButtonPress | TextMessage | PhotoMessage
+
+
+@dataclass(frozen=True)
+class Button:
+    label: str
+    data: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message to show: text, optional rows of buttons, optional images (encoded bytes)."""
+
+    text: str = ""
+    buttons: tuple[tuple[Button, ...], ...] = ()
+    images: tuple[bytes, ...] = ()
+    image_names: tuple[str, ...] = ()
+    as_files: bool = False  # send images as documents/attachments (keeps metadata)
+    protect: bool = False  # ask the platform to prevent forwarding/saving where supported
+    ephemeral: bool = False  # only the user sees it (Discord interactions); ignored elsewhere
+    files: tuple[tuple[str, bytes], ...] = field(default=())  # (file name, bytes) sent as documents
+
+
+class Messenger(Protocol):
+    """What the conversation needs from a platform adapter."""
+
+    platform: str
+
+    async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
+        """Send a reply; return the ids of every message sent (for later edits and deletion)."""
+
+    async def edit(self, chat: Chat, message_id: str, reply: Reply) -> None:
+        """Replace the text (and buttons) of a message sent earlier."""
+
+    async def delete(self, chat: Chat, message_id: str) -> bool:
+        """Delete a message the bot sent; False where the platform no longer allows it."""
+
+    async def acknowledge(self, event: Event, text: str = "") -> None:
+        """Answer a button press (Telegram's answerCallbackQuery, Discord's defer) with an optional toast."""
