@@ -1,0 +1,248 @@
+"""Settings: `config/default.toml`, overridden by `.env` and `LIKENESS_*` environment variables.
+
+Every setting has exactly one default, in `config/default.toml`; the dataclasses below only give each one a
+type. A bad value fails at start-up with one line naming the setting (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEFAULTS_FILE = CONFIG_DIR / "default.toml"
+ENV_PREFIX = "LIKENESS_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed. `str()` is one line meant for the operator."""
+
+
+class Duration(float):
+    """Seconds, written as `30s`, `15m`, `24h` or `7d` (or a plain number of seconds)."""
+
+
+class OptionalDuration(float):
+    """A `Duration` that may also be `off` (stored as 0)."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse `30s`, `15m`, `24h`, `7d` into seconds; raises ValueError with a readable reason."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"expected a duration like 30s, 15m, 24h or 7d, got {str(text)!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form of a duration for people: 90 -> '90s', 86400 -> '1 day'."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{int(seconds)} seconds"
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    token: str
+    api_url: str
+    protect_content: bool
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    token: str
+    api_url: str
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str
+    device: str
+    dtype: str
+    embedded_worker: bool
+    train_steps: int
+    images_per_request: int
+    adapter_cache: int
+    lease: Duration
+    max_attempts: int
+    poll_interval: Duration
+    presets: str
+
+    @property
+    def presets_path(self) -> Path:
+        path = Path(self.presets)
+        return path if path.is_absolute() else CONFIG_DIR / path
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    min_photos: int
+    max_photos: int
+    max_mb: int
+    max_pixels: int
+    min_side: int
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    photos: Duration
+    model: Duration
+    outputs: Duration
+    messages: OptionalDuration
+    jobs: Duration
+    sweep_interval: Duration
+
+
+@dataclass(frozen=True)
+class ProvenanceSettings:
+    deployment_id: str
+    invisible_watermark: bool
+    visible_watermark: bool
+    c2pa_cert: str
+    c2pa_key: str
+    deliver_as: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    master_key: str
+    log_level: str
+    operator_contact: str
+    telegram: TelegramSettings
+    discord: DiscordSettings
+    engine: EngineSettings
+    upload: UploadSettings
+    retention: RetentionSettings
+    provenance: ProvenanceSettings
+
+
+def _convert(kind: Any, value: Any, name: str) -> Any:
+    """Turn a TOML or environment value into `kind`, or raise SettingsError naming the setting."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected a whole number, got {value!r}")
+            try:
+                return int(str(value).strip())
+            except ValueError:
+                raise ValueError(f"expected a whole number, got {value!r}") from None
+        if kind is Duration:
+            seconds = parse_duration(value)
+            if seconds <= 0:
+                raise ValueError("must be longer than 0s")
+            return Duration(seconds)
+        if kind is OptionalDuration:
+            if str(value).strip().lower() in {"off", "0", ""}:
+                return OptionalDuration(0)
+            return OptionalDuration(parse_duration(value))
+        if kind is Path:
+            return Path(str(value)).expanduser()
+        return str(value)
+    except ValueError as error:
+        raise SettingsError(f"setting {name}: {error}") from None
+
+
+def _env_name(section: str | None, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper() + '_' if section else ''}{key.upper()}"
+
+
+def _build(cls: type, table: dict[str, Any], env: dict[str, str], section: str | None) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        where = f"[{section}] " if section else ""
+        raise SettingsError(f"setting {where}{unknown[0]}: unknown setting (check the spelling)")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
+            values[f.name] = _build(kind, table.get(f.name, {}), env, f.name)
+            continue
+        env_name = _env_name(section, f.name)
+        if env_name in env:
+            raw = env[env_name]
+        elif f.name in table:
+            raw = table[f.name]
+        else:
+            raise SettingsError(f"setting {env_name}: missing from {DEFAULTS_FILE.name}")
+        values[f.name] = _convert(kind, raw, env_name)
+    return cls(**values)
+
+
+def _validate(settings: Settings) -> None:
+    upload, engine = settings.upload, settings.engine
+    checks = [
+        (upload.min_photos >= 1, "LIKENESS_UPLOAD_MIN_PHOTOS", "must be at least 1"),
+        (upload.max_photos >= upload.min_photos, "LIKENESS_UPLOAD_MAX_PHOTOS", "must be >= min_photos"),
+        (upload.max_mb >= 1, "LIKENESS_UPLOAD_MAX_MB", "must be at least 1"),
+        (upload.min_side >= 64, "LIKENESS_UPLOAD_MIN_SIDE", "must be at least 64"),
+        (upload.max_pixels >= upload.min_side**2, "LIKENESS_UPLOAD_MAX_PIXELS", "is below min_side squared"),
+        (engine.train_steps >= 0, "LIKENESS_ENGINE_TRAIN_STEPS", "must be 0 (default) or more"),
+        (1 <= engine.images_per_request <= 10, "LIKENESS_ENGINE_IMAGES_PER_REQUEST", "must be 1..10"),
+        (engine.adapter_cache >= 1, "LIKENESS_ENGINE_ADAPTER_CACHE", "must be at least 1"),
+        (engine.max_attempts >= 1, "LIKENESS_ENGINE_MAX_ATTEMPTS", "must be at least 1"),
+        (engine.presets_path.is_file(), "LIKENESS_ENGINE_PRESETS", f"no such file: {engine.presets_path}"),
+        (
+            settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
+            "LIKENESS_LOG_LEVEL",
+            "must be DEBUG, INFO, WARNING or ERROR",
+        ),
+        (
+            settings.provenance.deliver_as in {"files", "photos", "both"},
+            "LIKENESS_PROVENANCE_DELIVER_AS",
+            "must be files, photos or both",
+        ),
+        (
+            bool(settings.provenance.c2pa_cert) == bool(settings.provenance.c2pa_key),
+            "LIKENESS_PROVENANCE_C2PA_KEY",
+            "set both c2pa_cert and c2pa_key, or neither",
+        ),
+    ]
+    for ok, name, problem in checks:
+        if not ok:
+            raise SettingsError(f"setting {name}: {problem}")
+    for url_name, url in (
+        ("LIKENESS_TELEGRAM_API_URL", settings.telegram.api_url),
+        ("LIKENESS_DISCORD_API_URL", settings.discord.api_url),
+    ):
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise SettingsError(f"setting {url_name}: expected an http(s) URL, got {url!r}")
+
+
+def load_settings(env: dict[str, str] | None = None, defaults_file: Path = DEFAULTS_FILE) -> Settings:
+    """Read the defaults, then `.env` in the working directory, then the environment (which wins)."""
+    if env is None:
+        from dotenv import dotenv_values
+
+        env = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        env.update(os.environ)
+    try:
+        table = tomllib.loads(defaults_file.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SettingsError(f"settings file {defaults_file}: {error}") from None
+    settings = _build(Settings, table, env, None)
+    _validate(settings)
+    return settings

@@ -1,0 +1,324 @@
+"""Encryption at rest: envelope encryption with per-user data keys, and crypto-shredding.
+
+- The master key (key-encryption key) comes from the settings or from `master.key` in the data dir.
+- Each owner (a pseudonymous user id) gets a random 256-bit data key, stored only wrapped by the master
+  key, in its own SQLite file (`keys.sqlite3`), apart from the blobs and the main database.
+- Every blob is AES-256-GCM encrypted in chunks with the owner's data key. The associated data binds each
+  chunk to (owner, kind, blob id, chunk index, last-chunk flag): a blob moved to another owner or kind, a
+  reordered chunk or a cut-off file fails to decrypt as a whole.
+- `shred(owner)` destroys the data key: every copy of that owner's blobs, backups included, becomes noise.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"LKV1"
+CHUNK_SIZE = 1 << 20  # 1 MiB of plaintext per AES-GCM call (pyca refuses more than 2 GiB in one call)
+_HEADER = struct.Struct(">4sI8s")  # magic, chunk size, random nonce prefix
+_TAG = 16
+_SYSTEM_OWNER = "~system"  # holder of the pseudonym secret; never a pseudonymous user id (those are hex)
+
+
+class VaultError(Exception):
+    """Base class for vault failures."""
+
+
+class BlobCorrupt(VaultError):
+    """A blob was tampered with, truncated, or belongs to another owner, kind or id."""
+
+
+class KeyMissing(VaultError):
+    """The owner has no data key (never had one, or it was shredded)."""
+
+
+class MasterKeyError(VaultError):
+    """The master key is malformed or does not match the key store."""
+
+
+def decode_master_key(text: str) -> bytes:
+    """Decode a urlsafe-base64 256-bit key; raises MasterKeyError with a one-line reason."""
+    try:
+        key = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+    except (ValueError, TypeError):
+        raise MasterKeyError("the master key is not valid urlsafe base64") from None
+    if len(key) != 32:
+        raise MasterKeyError(f"the master key must be 32 bytes, got {len(key)}")
+    return key
+
+
+def encode_master_key(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode("ascii")
+
+
+def new_master_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def load_or_create_master_key(configured: str, data_dir: Path) -> bytes:
+    """The configured key, else `data_dir/master.key`, created (mode 0600) on first run."""
+    if configured:
+        return decode_master_key(configured)
+    path = data_dir / "master.key"
+    if path.exists():
+        return decode_master_key(path.read_text(encoding="ascii"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = new_master_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(encode_master_key(key) + "\n")
+    log.warning(
+        "Created a new master key at %s. BACK IT UP somewhere safe: without it no stored data can be "
+        "decrypted. Or set LIKENESS_MASTER_KEY and delete the file.",
+        path,
+    )
+    return key
+
+
+def key_id(master_key: bytes) -> str:
+    """A short public fingerprint of a master key (tells which key wrapped a data key)."""
+    return hashlib.sha256(b"likeness key id" + master_key).hexdigest()[:16]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KeyStore:
+    """Wrapped data keys in their own SQLite file. Thread-safe; every call is short."""
+
+    def __init__(self, path: Path, master_key: bytes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # No WAL here: with secure_delete and a rollback journal a shredded key is overwritten in place.
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS data_keys (owner TEXT PRIMARY KEY, wrapped BLOB NOT NULL, "
+            "key_id TEXT NOT NULL)"
+        )
+        self._master = master_key
+        self._check_master()
+
+    def _check_master(self) -> None:
+        row = self._db.execute("SELECT key_id FROM data_keys LIMIT 1").fetchone()
+        if row and row[0] != key_id(self._master):
+            raise MasterKeyError(
+                "the master key does not match the key store (wrong LIKENESS_MASTER_KEY or master.key?)"
+            )
+
+    @staticmethod
+    def _aad(owner: str) -> bytes:
+        return b"likeness/data-key/v1/" + owner.encode()
+
+    def _wrap(self, master: bytes, owner: str, data_key: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(master).encrypt(nonce, data_key, self._aad(owner))
+
+    def _unwrap(self, master: bytes, owner: str, wrapped: bytes) -> bytes:
+        try:
+            return AESGCM(master).decrypt(wrapped[:12], wrapped[12:], self._aad(owner))
+        except InvalidTag:
+            raise MasterKeyError("a data key cannot be unwrapped with this master key") from None
+
+    def data_key(self, owner: str, create: bool = False) -> bytes:
+        """The owner's data key; created when `create` is set, else KeyMissing if there is none."""
+        with self._lock:
+            row = self._db.execute("SELECT wrapped FROM data_keys WHERE owner=?", (owner,)).fetchone()
+            if row:
+                return self._unwrap(self._master, owner, row[0])
+            if not create:
+                raise KeyMissing("no data key for this owner (erased or never stored)")
+            data_key = secrets.token_bytes(32)
+            self._db.execute(
+                "INSERT INTO data_keys(owner, wrapped, key_id) VALUES (?,?,?)",
+                (owner, self._wrap(self._master, owner, data_key), key_id(self._master)),
+            )
+            return data_key
+
+    def has_key(self, owner: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM data_keys WHERE owner=?", (owner,)).fetchone() is not None
+
+    def shred(self, owner: str) -> bool:
+        """Destroy the owner's data key (overwritten on disk by secure_delete). True if one existed."""
+        with self._lock:
+            deleted = self._db.execute("DELETE FROM data_keys WHERE owner=?", (owner,)).rowcount
+            self._db.execute("VACUUM")
+            return deleted > 0
+
+    def rotate(self, new_master: bytes) -> int:
+        """Re-wrap every data key under `new_master` in one transaction; returns how many."""
+        with self._lock:
+            rows = self._db.execute("SELECT owner, wrapped FROM data_keys").fetchall()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for owner, wrapped in rows:
+                    data_key = self._unwrap(self._master, owner, wrapped)
+                    self._db.execute(
+                        "UPDATE data_keys SET wrapped=?, key_id=? WHERE owner=?",
+                        (self._wrap(new_master, owner, data_key), key_id(new_master), owner),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("VACUUM")
+            self._master = new_master
+            return len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _chunks(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    count = max(1, -(-len(data) // CHUNK_SIZE))
+    for index in range(count):
+        yield index, data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE], index == count - 1
+
+
+def _aad(header: bytes, owner: str, kind: str, blob_id: str, index: int, last: bool) -> bytes:
+    return b"\x00".join(
+        [header, owner.encode(), kind.encode(), blob_id.encode(), struct.pack(">I?", index, last)]
+    )
+
+
+def encrypt(data_key: bytes, owner: str, kind: str, blob_id: str, plaintext: bytes) -> bytes:
+    """Encrypt `plaintext` for (owner, kind, blob_id) in authenticated chunks."""
+    header = _HEADER.pack(MAGIC, CHUNK_SIZE, secrets.token_bytes(8))
+    cipher = AESGCM(data_key)
+    parts = [header]
+    for index, chunk, last in _chunks(plaintext):
+        nonce = header[8:16] + struct.pack(">I", index)
+        parts.append(cipher.encrypt(nonce, chunk, _aad(header, owner, kind, blob_id, index, last)))
+    return b"".join(parts)
+
+
+def decrypt(data_key: bytes, owner: str, kind: str, blob_id: str, blob: bytes) -> bytes:
+    """Decrypt a whole blob, or raise BlobCorrupt; never returns part of a blob."""
+    if len(blob) < _HEADER.size + _TAG:
+        raise BlobCorrupt("the blob is truncated")
+    header = blob[: _HEADER.size]
+    magic, chunk_size, prefix = _HEADER.unpack(header)
+    if magic != MAGIC or chunk_size <= 0:
+        raise BlobCorrupt("the blob has no valid header")
+    cipher = AESGCM(data_key)
+    body, offset, index, plain = blob[_HEADER.size :], 0, 0, []
+    while offset < len(body):
+        piece = body[offset : offset + chunk_size + _TAG]
+        offset += len(piece)
+        last = offset >= len(body)
+        try:
+            plain.append(
+                cipher.decrypt(
+                    prefix + struct.pack(">I", index), piece, _aad(header, owner, kind, blob_id, index, last)
+                )
+            )
+        except InvalidTag:
+            raise BlobCorrupt("the blob was altered, truncated, or belongs to another owner or kind") from None
+        index += 1
+    return b"".join(plain)
+
+
+class Vault:
+    """Encrypted blobs on disk (`blobs/`), keyed per owner through the `KeyStore`."""
+
+    def __init__(self, data_dir: Path, master_key: bytes):
+        self.blob_dir = data_dir / "blobs"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.keys = KeyStore(data_dir / "keys" / "keys.sqlite3", master_key)
+
+    def _path(self, owner: str, blob_id: str) -> Path:
+        if not blob_id.isalnum() or not owner.replace("~", "").isalnum():
+            raise VaultError("blob ids and owners must be alphanumeric")
+        return self.blob_dir / owner / f"{blob_id}.bin"
+
+    def put(self, owner: str, kind: str, blob_id: str, plaintext: bytes) -> int:
+        """Encrypt and store atomically (temp file + fsync + rename). Returns the stored size."""
+        sealed = encrypt(self.keys.data_key(owner, create=True), owner, kind, blob_id, plaintext)
+        path = self._path(owner, blob_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        with open(temp, "wb") as handle:  # only ciphertext is ever written
+            handle.write(sealed)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        _fsync_dir(path.parent)
+        return len(sealed)
+
+    def get(self, owner: str, kind: str, blob_id: str) -> bytes:
+        """Read and decrypt a blob; raises KeyMissing, BlobCorrupt or FileNotFoundError."""
+        sealed = self._path(owner, blob_id).read_bytes()
+        return decrypt(self.keys.data_key(owner), owner, kind, blob_id, sealed)
+
+    def seal(self, owner: str, kind: str, item_id: str, plaintext: bytes) -> bytes:
+        """Encrypt a small value for a database column (same binding as blobs)."""
+        return encrypt(self.keys.data_key(owner, create=True), owner, kind, item_id, plaintext)
+
+    def open(self, owner: str, kind: str, item_id: str, sealed: bytes) -> bytes:
+        return decrypt(self.keys.data_key(owner), owner, kind, item_id, sealed)
+
+    def delete(self, owner: str, blob_id: str) -> bool:
+        """Delete one blob file; True if it existed. Idempotent."""
+        try:
+            self._path(owner, blob_id).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def erase_owner(self, owner: str) -> int:
+        """Shred the owner's data key, then delete all their blob files. Returns files deleted."""
+        self.keys.shred(owner)
+        folder = self.blob_dir / owner
+        removed = 0
+        if folder.is_dir():
+            for path in folder.iterdir():
+                path.unlink(missing_ok=True)
+                removed += 1
+            folder.rmdir()
+        return removed
+
+    def owners_on_disk(self) -> list[str]:
+        return [p.name for p in self.blob_dir.iterdir() if p.is_dir()]
+
+    def close(self) -> None:
+        self.keys.close()
+
+
+class Pseudonymizer:
+    """Keyed hash of platform ids. The secret is random, kept wrapped in the key store, so pseudonyms
+    stay stable when the master key is rotated."""
+
+    def __init__(self, vault: Vault):
+        self._secret = vault.keys.data_key(_SYSTEM_OWNER, create=True)
+
+    def user(self, platform: str, platform_user_id: str | int) -> str:
+        message = f"user:{platform}:{platform_user_id}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def short(self, pseudonym: str) -> str:
+        """What logs show of a user: a prefix of the pseudonym, never the platform id."""
+        return pseudonym[:8]
