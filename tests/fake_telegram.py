@@ -220,6 +220,8 @@ def _visible_text(text: str, parse_mode: str | None) -> str:
     """What the user sees of ``text``; raises "can't parse entities" for broken HTML."""
     if (parse_mode or "").upper() != "HTML":
         return text
+    if re.search(r"<(?![a-zA-Z/])", text):
+        raise _bad_request('can\'t parse entities: Unsupported start tag "" at byte offset 0')
     checker = _HtmlChecker()
     checker.feed(text)
     checker.close()
@@ -329,7 +331,7 @@ class FakeTelegram:
             "getme": self._get_me,
             "logout": self._true,
             "close": self._true,
-            "deletewebhook": self._true,
+            "deletewebhook": self._delete_webhook,
             "getwebhookinfo": self._get_webhook_info,
             "getupdates": self._get_updates,
             "setmycommands": self._set_my_commands,
@@ -337,6 +339,8 @@ class FakeTelegram:
             "deletemycommands": self._delete_my_commands,
             "setmydescription": self._true,
             "setmyshortdescription": self._true,
+            "setmyname": self._true,
+            "setchatmenubutton": self._true,
             "sendchataction": self._send_chat_action,
             "sendmessage": self._send_message,
             "sendphoto": self._send_photo,
@@ -584,6 +588,11 @@ class FakeTelegram:
 
     async def _get_me(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.bot_user
+
+    async def _delete_webhook(self, params: dict[str, Any]) -> bool:
+        if params.get("drop_pending_updates"):
+            self._updates.clear()
+        return True
 
     async def _get_webhook_info(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"url": "", "has_custom_certificate": False, "pending_update_count": len(self._updates)}
