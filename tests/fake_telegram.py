@@ -307,6 +307,7 @@ class FakeTelegram:
         self.base_url = ""
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.rejected: list[tuple[str, int]] = []  # (method, status) answered by fail_next
+        self.errors: list[tuple[str, int, str]] = []  # (method, status, description) of every error answer
         self.deleted: set[tuple[int, int]] = set()
         self.answered_callbacks: list[dict[str, Any]] = []
         self.downloads: list[str] = []  # file_paths fetched from /file/bot<token>/
@@ -457,7 +458,10 @@ class FakeTelegram:
         deadline = asyncio.get_running_loop().time() + timeout
         while not (value := predicate(self)):
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"condition not met within {timeout} s; last calls: {self._last_calls()}")
+                raise TimeoutError(
+                    f"condition not met within {timeout} s; last calls: {self._last_calls()}; "
+                    f"last errors: {self.errors[-3:]}"
+                )
             await asyncio.sleep(0.02)
         return value
 
@@ -540,7 +544,7 @@ class FakeTelegram:
         )
 
     def _last_calls(self, count: int = 8) -> list[str]:
-        return [name for name, _ in self.calls[-count:]]
+        return [name for name, _ in self.calls if name != "getUpdates"][-count:]
 
     # ----------------------------------------------------------------------------- HTTP
 
@@ -557,22 +561,26 @@ class FakeTelegram:
         try:
             params = await _read_params(request)
         except (ValueError, TypeError):
-            return _bad_request("can't parse request parameters").response()
+            return self._error(method, _bad_request("can't parse request parameters"))
         self.calls.append((method, params))
         if failures := self._failures.get(method.lower()):
             error = failures.pop(0)
             self.rejected.append((method, error.status))
-            return error.response()
+            return self._error(method, error)
         handler = self._methods.get(method.lower())
         if handler is None:
-            return _bad_request(f"method {method} is not supported by the fake").response()
+            return self._error(method, _bad_request(f"method {method} is not supported by the fake"))
         try:
             result = await handler(params)
         except ApiError as error:
-            return error.response()
+            return self._error(method, error)
         except (KeyError, ValueError, TypeError) as error:
-            return _bad_request(f"invalid parameters: {error!r}").response()
+            return self._error(method, _bad_request(f"invalid parameters: {error!r}"))
         return web.json_response({"ok": True, "result": result})
+
+    def _error(self, method: str, error: ApiError) -> web.Response:
+        self.errors.append((method, error.status, error.description))
+        return error.response()
 
     def _handle_download(self, token: str, file_path: str) -> web.Response:
         stored = self._files_by_path.get(file_path)

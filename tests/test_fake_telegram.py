@@ -301,6 +301,7 @@ async def test_telegram_errors_a_careless_bot_meets(fake: FakeTelegram, app: App
         await bot.send_message(ALICE, "Hello <3", parse_mode=ParseMode.HTML)
     with pytest.raises(BadRequest, match="Chat not found"):
         await bot.send_message(777, "hello")
+    assert fake.errors[-1] == ("sendMessage", 400, "Bad Request: chat not found")
     with pytest.raises(BadRequest, match="too long"):
         await bot.send_message(ALICE, "x" * 4097)
     with pytest.raises(BadRequest, match="Button_data_invalid"):
@@ -314,7 +315,8 @@ async def test_telegram_errors_a_careless_bot_meets(fake: FakeTelegram, app: App
 async def test_wrong_token_and_unknown_method(fake: FakeTelegram) -> None:
     wrong = ApplicationBuilder().token("1:wrong").base_url(fake.base_url + "/bot").build()
     with pytest.raises(InvalidToken):
-        await wrong.bot.get_me()
+        async with wrong.bot:  # initialize() calls getMe
+            pass
 
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{fake.base_url}/bot{fake.token}/sendSticker", json={"chat_id": 1}) as resp:
