@@ -18,6 +18,7 @@ commands, missing intents) and is deliberately small elsewhere: no rate limits, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import mimetypes
@@ -108,6 +109,7 @@ class FakeMessage:
     timestamp: str = field(default_factory=_now)
     edited_timestamp: str | None = None
     deleted: bool = False
+    forged: bool = False  # made up by forge_press; not listed among the channel's messages
 
     @property
     def ephemeral(self) -> bool:
@@ -251,10 +253,21 @@ class FakeDiscordUser:
         return await self.fake._component(self, msg, component["custom_id"], component["type"], values)
 
     async def forge_press(self, custom_id: str, message_id: int, component_type: int = 2) -> FakeInteraction:
-        """Send a component interaction for any custom_id, as a stale or malicious client could."""
-        msg = self.fake.messages.get(message_id) or FakeMessage(
-            id=message_id, channel_id=self.dm_channel_id, author_id=self.fake.bot_user_id
-        )
+        """Send a component interaction for any custom_id, as a stale or malicious client could.
+
+        An unknown ``message_id`` gets a made-up bot message carrying that button.
+        """
+        msg = self.fake.messages.get(message_id)
+        if msg is None:
+            button = {"type": 2, "style": 1, "label": "?", "custom_id": custom_id}
+            msg = FakeMessage(
+                id=message_id,
+                channel_id=self.dm_channel_id,
+                author_id=self.fake.bot_user_id,
+                components=[{"type": 1, "components": [button]}],
+                forged=True,
+            )
+            self.fake.messages[message_id] = msg
         return await self.fake._component(self, msg, custom_id, component_type, None)
 
     async def send_dm(self, text: str = "", attachments: list[Attachment] | None = None) -> FakeMessage:
@@ -310,6 +323,7 @@ class FakeDiscord:
         r.add_get(API + "/gateway", self._get_gateway)
         r.add_get(API + "/gateway/bot", self._get_gateway_bot)
         r.add_get(API + "/users/@me", self._get_me)
+        r.add_get(API + "/users/{user}", self._get_user)
         r.add_get(API + "/oauth2/applications/@me", self._get_application)
         r.add_post(API + "/users/@me/channels", self._create_dm)
         for path, scope in (
@@ -380,6 +394,7 @@ class FakeDiscord:
             for m in self.messages.values()
             if m.channel_id == channel_id
             and m.author_id == self.bot_user_id
+            and not m.forged
             and (include_deleted or not m.deleted)
         ]
 
@@ -400,7 +415,11 @@ class FakeDiscord:
         return list(self.interactions[key].responses)
 
     async def wait_for(self, predicate: Callable[[], T], timeout: float = 30.0) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked after every request and gateway event)."""
+        """Wait until ``predicate()`` is truthy and return its value.
+
+        It is re-checked after every request and gateway event, and every 50 ms for predicates on the
+        bot's own state.
+        """
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -408,7 +427,8 @@ class FakeDiscord:
                     result = predicate()
                     if result:
                         return result
-                    await changed.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), 0.05)
         except TimeoutError:
             raise TimeoutError(f"fake Discord: condition not met within {timeout} s") from None
 
@@ -780,6 +800,8 @@ class FakeDiscord:
         needs_auth = request.path.startswith(API) and not request.path.startswith(
             (API + "/interactions/", API + "/webhooks/")
         )
+        if request.match_info.handler == self._not_found:
+            needs_auth = False  # Discord answers 404 for unknown routes, token or not
         try:
             if needs_auth and request.headers.get("Authorization") != f"Bot {self.token}":
                 raise DiscordError(401, "401: Unauthorized", 0)
@@ -801,6 +823,12 @@ class FakeDiscord:
 
     async def _get_me(self, request: web.Request) -> web.Response:
         return _json(self._bot_payload())
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        user = self.users.get(int(request.match_info["user"]))
+        if user is None:
+            raise DiscordError(404, "Unknown User", 10013)
+        return _json(user.payload())
 
     async def _get_application(self, request: web.Request) -> web.Response:
         owner = {"id": "1", "username": "owner", "discriminator": "0", "global_name": None, "avatar": None}
