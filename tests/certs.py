@@ -20,7 +20,7 @@ C2PA_CLAIM_SIGNING = x509.ObjectIdentifier("1.3.6.1.4.1.62558.2.1")
 
 
 @dataclass(frozen=True)
-class TestChain:
+class CertChain:
     """Paths of a generated chain: `cert` is the PEM chain (leaf first), `key` the leaf's PKCS#8 key."""
 
     cert: Path
@@ -51,7 +51,7 @@ def _key_usage(*, signing: bool) -> x509.KeyUsage:
     )
 
 
-def make_test_chain(folder: Path) -> TestChain:
+def make_test_chain(folder: Path) -> CertChain:
     """Write a fresh root CA and leaf certificate under `folder` and return their paths."""
     now = dt.datetime.now(dt.UTC)
     validity = (now - dt.timedelta(days=1), now + dt.timedelta(days=30))
@@ -94,7 +94,7 @@ def make_test_chain(folder: Path) -> TestChain:
     )
 
     pem = serialization.Encoding.PEM
-    chain = TestChain(cert=folder / "chain.pem", key=folder / "signer.key", root=folder / "root.pem")
+    chain = CertChain(cert=folder / "chain.pem", key=folder / "signer.key", root=folder / "root.pem")
     chain.cert.write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
     chain.root.write_bytes(root.public_bytes(pem))
     chain.key.write_bytes(
