@@ -126,12 +126,16 @@ def decode_bits(image: Image.Image, scale: float = SCALE) -> np.ndarray | None:
 
 
 def read(image: Image.Image, deployment_id: str | None = None) -> WatermarkReading:
-    """Decode the watermark from the pixels only.
+    """Decode the watermark from the pixels only and judge it (see `match`)."""
+    return match(decode_bits(image), deployment_id)
+
+
+def match(bits: np.ndarray | None, deployment_id: str | None = None) -> WatermarkReading:
+    """Judge 48 decoded bits.
 
     With `deployment_id` the bits are compared with that deployment's codeword; without it, with the
-    nearest of all 65536 valid codewords.
+    nearest of all 65536 valid codewords. Present when at most `MAX_BIT_ERRORS` bits differ.
     """
-    bits = decode_bits(image)
     if bits is None:
         return WatermarkReading(present=False, bit_errors=None, tag=None, deployment_tag=None)
     if deployment_id is not None:
