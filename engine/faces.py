@@ -1,9 +1,10 @@
 """dlib face detection, landmarks and 128-D descriptors, with weights shipped in PyPI packages.
 
 - detector: dlib's built-in HOG frontal face detector (`dlib.get_frontal_face_detector()`);
-- landmarks: `shape_predictor_5_face_landmarks.dat` and descriptors: `dlib_face_recognition_resnet_model_v1.dat`,
-  both from the `face-recognition-models` package. We locate its folder with `find_spec` instead of importing
-  it, because its `__init__` needs `pkg_resources`.
+- landmarks: `shape_predictor_5_face_landmarks.dat`,
+- descriptors: `dlib_face_recognition_resnet_model_v1.dat`, both from the `face-recognition-models`
+  package. We locate its folder with `find_spec` instead of importing it: its `__init__` needs
+  `pkg_resources`.
 
 Nothing is downloaded. The models are loaded once per process, lazily. dlib's detector and networks are not
 safe for concurrent use (dlib documents this), so every call runs under one lock; decoding and encoding in

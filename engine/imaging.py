@@ -39,7 +39,7 @@ class TooManyPixels(Exception):
 
 
 def sniff_format(data: bytes) -> str | None:
-    """"jpeg", "png", "webp" or "heif" from the magic bytes, else None."""
+    """ "jpeg", "png", "webp" or "heif" from the magic bytes, else None."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
