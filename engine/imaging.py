@@ -116,10 +116,13 @@ def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
 
 
 def encode_png(im: Image.Image) -> bytes:
-    """Lossless PNG of the pixels only (no text chunks, no ICC, no EXIF)."""
+    """Lossless PNG of the pixels only (no text chunks, no ICC, no EXIF).
+
+    zlib level 3: a 1024 px crop takes ~0.1 s and ~1.3 MB, against ~0.34 s and 6% smaller at level 6.
+    """
     clean = Image.frombytes("RGB", im.size, im.convert("RGB").tobytes())
     buf = io.BytesIO()
-    clean.save(buf, format="PNG", compress_level=6)
+    clean.save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
