@@ -99,7 +99,7 @@ def load_presets(path: Path) -> dict[str, Preset]:
 
 
 def preset_size(preset: Preset, native: int, multiple: int) -> tuple[int, int]:
-    """``(width, height)`` with the preset's aspect and about ``native**2`` pixels, each a multiple of ``multiple``.
+    """``(width, height)``: the preset's aspect, about ``native**2`` pixels, sides a multiple of ``multiple``.
 
     Keeping the pixel count at the model's native resolution is how SD1.5 (512) and SDXL (1024) were
     trained, so the same preset looks right on both.

@@ -12,7 +12,13 @@ import torch
 from diffusers import DiffusionPipeline
 from peft import LoraConfig, inject_adapter_in_model
 
-from engine.ml.pipeline import delete_adapter, lora_components, native_resolution, set_active_adapter, size_multiple
+from engine.ml.pipeline import (
+    delete_adapter,
+    lora_components,
+    native_resolution,
+    set_active_adapter,
+    size_multiple,
+)
 from engine.ml.train import unpack_adapter
 from engine.presets import Preset, preset_size
 
@@ -74,13 +80,22 @@ class Generator:
         try:
             # The UNet through diffusers; metadata carries r/lora_alpha/targets, so the scale survives.
             pipe.load_lora_into_unet(
-                state, network_alphas=None, unet=pipe.unet, adapter_name=name, metadata=metadata, _pipeline=pipe
+                state,
+                network_alphas=None,
+                unet=pipe.unet,
+                adapter_name=name,
+                metadata=metadata,
+                _pipeline=pipe,
             )
             for prefix, encoder in lora_components(pipe).items():
-                part = {k.removeprefix(prefix + "."): v for k, v in state.items() if k.startswith(prefix + ".")}
+                part = {
+                    k.removeprefix(prefix + "."): v for k, v in state.items() if k.startswith(prefix + ".")
+                }
                 if prefix == "unet" or not part:
                     continue
-                meta = {k.removeprefix(prefix + "."): v for k, v in metadata.items() if k.startswith(prefix + ".")}
+                meta = {
+                    k.removeprefix(prefix + "."): v for k, v in metadata.items() if k.startswith(prefix + ".")
+                }
                 _load_into_text_encoder(encoder, part, meta, name)
         except Exception:
             _delete(pipe, name)
@@ -105,7 +120,7 @@ class Generator:
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[PIL.Image.Image]:
-        """``count`` images of ``preset`` with ``owner``'s adapter (``None``: the base model), reproducible by seed.
+        """``count`` images of ``preset`` with ``owner``'s adapter (``None``: the base model).
 
         Only that owner's adapter is active. Image ``i`` uses seed ``seed + i`` on a CPU generator, so the
         result is the same on every device and for every ``count``.

@@ -1,4 +1,4 @@
-"""Load the resident text-to-image pipeline: a tiny offline one, a Hub id, a diffusers folder or one checkpoint file."""
+"""Load the resident pipeline: tiny (offline), a Hub id, a diffusers folder or a single checkpoint file."""
 
 from __future__ import annotations
 
@@ -56,12 +56,16 @@ def _from_source(model: str, dtype: torch.dtype) -> DiffusionPipeline:
         return cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=_offline(), **extra)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"model folder {path} has no model_index.json; it is not a diffusers pipeline")
+            raise ModelLoadError(
+                f"model folder {path} has no model_index.json; it is not a diffusers pipeline"
+            )
         return DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, **no_safety)
     if path.suffix in _CHECKPOINT_SUFFIXES or model.startswith((".", "/", "~")):
         raise ModelLoadError(f"model file {model} does not exist; {_HINT}")
     # A Hugging Face id. HF_HUB_OFFLINE=1 means: only what is already in the local cache.
-    return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=_offline(), **no_safety)
+    return DiffusionPipeline.from_pretrained(
+        model, torch_dtype=dtype, local_files_only=_offline(), **no_safety
+    )
 
 
 def load_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
@@ -90,11 +94,13 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> Diffu
                 f"model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
                 f"download it once online (hf download {model}) or {_HINT}"
             ) from None
-        raise ModelLoadError(f"cannot load model {model!r}: {type(e).__name__}: {_one_line(e)}; {_HINT}") from None
+        raise ModelLoadError(
+            f"cannot load model {model!r}: {type(e).__name__}: {_one_line(e)}; {_HINT}"
+        ) from None
 
     if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
         raise ModelLoadError(
-            f"model {model!r} is a {type(pipe).__name__}; only Stable Diffusion 1.x/2.x and SDXL are supported"
+            f"model {model!r} is a {type(pipe).__name__}; only SD 1.x/2.x and SDXL are supported"
         )
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.to(device)
@@ -110,7 +116,7 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> Diffu
 
 
 def native_resolution(pipe: DiffusionPipeline) -> int:
-    """The side length the model was trained at: 512 for SD1.5, 768 for SD2.x-v, 1024 for SDXL, 64 for tiny."""
+    """Side length the model was trained at: 512 SD1.5, 768 SD2.x-v, 1024 SDXL, 64 tiny."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 

@@ -1,4 +1,4 @@
-"""Pipelines built offline from configs written here: a tiny one for tests, the real SD1.5/SDXL shapes for benches.
+"""Pipelines built offline from configs written here: tiny ones for tests, real SD1.5/SDXL shapes for benches.
 
 Nothing is downloaded. The tokenizer is a byte-level CLIP BPE with no merges (every byte is a token), so
 any text can be encoded; it is only meant for tests and benchmarks, never for real images.
@@ -83,7 +83,12 @@ _SD15_UNET = {
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     "cross_attention_dim": 768,
     "attention_head_dim": 8,
@@ -181,10 +186,14 @@ def build_tiny_pipeline(arch: str = "tiny", random_weights: bool = True, seed: i
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if not random_weights:
-        raise ValueError("build_tiny_pipeline only builds random weights; load real weights with load_pipeline")
+        raise ValueError(
+            "build_tiny_pipeline only builds random weights; load real weights with load_pipeline"
+        )
     xl = arch in ("tiny-sdxl", "sdxl")
     tiny = arch.startswith("tiny")
-    unet_shape = {"tiny": _TINY_UNET, "tiny-sdxl": _TINY_XL_UNET, "sd15": _SD15_UNET, "sdxl": _SDXL_UNET}[arch]
+    unet_shape = {"tiny": _TINY_UNET, "tiny-sdxl": _TINY_XL_UNET, "sd15": _SD15_UNET, "sdxl": _SDXL_UNET}[
+        arch
+    ]
     vae_shape = _TINY_VAE if tiny else {**_REAL_VAE, "sample_size": 1024 if xl else 512}
     vocab_size = 1000 if tiny else 49408
 
@@ -210,7 +219,9 @@ def build_tiny_pipeline(arch: str = "tiny", random_weights: bool = True, seed: i
         )
     else:
         torch.manual_seed(seed + 1)
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(_TINY_TEXT if tiny else _CLIP_BIGG, vocab_size))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _text_config(_TINY_TEXT if tiny else _CLIP_BIGG, vocab_size)
+        )
         pipe = StableDiffusionXLPipeline(
             vae=vae,
             text_encoder=text_encoder,

@@ -86,7 +86,9 @@ class TrainingStopped(Exception):
 # --- adapter bytes -------------------------------------------------------------------------------------
 
 
-def pack_adapter(state_dict: dict[str, torch.Tensor], lora_configs: dict[str, LoraConfig], info: dict) -> bytes:
+def pack_adapter(
+    state_dict: dict[str, torch.Tensor], lora_configs: dict[str, LoraConfig], info: dict
+) -> bytes:
     """Serialize a prefixed LoRA state dict to safetensors bytes, with each component's ``LoraConfig``.
 
     The metadata is diffusers' own layout (``lora_adapter_metadata`` = JSON of ``{"unet.r": 16,
@@ -108,7 +110,7 @@ def pack_adapter(state_dict: dict[str, torch.Tensor], lora_configs: dict[str, Lo
 
 
 def unpack_adapter(data: bytes) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """Inverse of :func:`pack_adapter`: ``(state_dict, lora_metadata, info)``; raises ``ValueError`` if malformed."""
+    """Inverse of :func:`pack_adapter`: ``(state_dict, lora_metadata, info)``; ``ValueError`` if malformed."""
     try:
         (header_len,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8 : 8 + header_len])
@@ -127,7 +129,7 @@ def unpack_adapter(data: bytes) -> tuple[dict[str, torch.Tensor], dict, dict]:
 
 
 def _to_tensor(image: PIL.Image.Image, resolution: int) -> torch.Tensor:
-    """Center-crop to a square, resize to ``resolution`` and scale to [-1, 1], CHW (the scripts' transforms)."""
+    """Center-crop to a square, resize to ``resolution``, scale to [-1, 1], CHW (the scripts' transforms)."""
     image = image.convert("RGB")
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
@@ -158,7 +160,9 @@ def _encode_latents(pipe: DiffusionPipeline, images: list[PIL.Image.Image], reso
             vae.to(dtype=original)
 
 
-def _encode_prompt(pipe: DiffusionPipeline, prompt: str, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _encode_prompt(
+    pipe: DiffusionPipeline, prompt: str, batch: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text embeddings (and SDXL's pooled embeddings) for ``prompt``, via the pipeline's own encoder."""
     out = pipe.encode_prompt(
         prompt=prompt, device=pipe.unet.device, num_images_per_prompt=batch, do_classifier_free_guidance=False
@@ -222,9 +226,13 @@ def train_lora(
     device = pipe.unet.device
     weight_dtype = pipe.unet.dtype
     resolution = config.resolution or native_resolution(pipe)
-    checkpointing = device.type == "cuda" if config.gradient_checkpointing is None else config.gradient_checkpointing
+    checkpointing = (
+        device.type == "cuda" if config.gradient_checkpointing is None else config.gradient_checkpointing
+    )
     autocast = weight_dtype != torch.float32 and device.type in ("cuda", "cpu")
-    scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16 and device.type == "cuda")
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=weight_dtype == torch.float16 and device.type == "cuda"
+    )
 
     components = lora_components(pipe)
     text_encoders = {k: m for k, m in components.items() if k != "unet"} if config.train_text_encoder else {}
@@ -250,7 +258,9 @@ def train_lora(
 
         lora_configs["unet"] = _add_lora(pipe.unet, config.rank, config.alpha, config.target_modules)
         for name, encoder in text_encoders.items():
-            lora_configs[name] = _add_lora(encoder, config.rank, config.alpha, config.text_encoder_target_modules)
+            lora_configs[name] = _add_lora(
+                encoder, config.rank, config.alpha, config.text_encoder_target_modules
+            )
         set_active_adapter(pipe, TRAIN_ADAPTER)
         for name, module in components.items():
             if name not in trained:
@@ -269,7 +279,9 @@ def train_lora(
             with torch.no_grad():
                 fixed_embeds, fixed_pooled = _encode_prompt(pipe, instance_prompt, batch)
         # SDXL micro-conditioning: original size, crop top-left, target size (all square, uncropped).
-        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
+        time_ids = torch.tensor(
+            [[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device
+        )
 
         order: list[int] = []
         for step in range(1, config.steps + 1):
@@ -278,7 +290,9 @@ def train_lora(
             picks = []
             for _ in range(batch):
                 if not order:
-                    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed + step))
+                    order = torch.randperm(
+                        len(images), generator=torch.Generator().manual_seed(config.seed + step)
+                    )
                     order = order.tolist()
                 picks.append(order.pop())
 
@@ -290,7 +304,11 @@ def train_lora(
                     latents = torch.where(flip[:, None, None, None], latents.flip(-1), latents)
                 noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
                 timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device
+                    0,
+                    noise_scheduler.config.num_train_timesteps,
+                    (batch,),
+                    generator=generator,
+                    device=device,
                 )
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 if prediction_type == "v_prediction":
@@ -303,7 +321,11 @@ def train_lora(
                     embeds, pooled = _encode_prompt(pipe, instance_prompt, batch)
                 else:
                     embeds, pooled = fixed_embeds, fixed_pooled
-                extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}} if xl_time_ids else {}
+                extra = (
+                    {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+                    if xl_time_ids
+                    else {}
+                )
                 pred = pipe.unet(noisy, timesteps, embeds, return_dict=False, **extra)[0]
             loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
             if not math.isfinite(loss.item()):
