@@ -121,11 +121,11 @@ def native_resolution(pipe: DiffusionPipeline) -> int:
 
 
 def size_multiple(pipe: DiffusionPipeline) -> int:
-    """Image sides must be a multiple of this: the VAE factor times the UNet's total downsampling.
+    """Image sides must be a multiple of this: the VAE factor times the UNet's total downsampling, at least 8.
 
-    64 for SD1.5 (8 x 2**3), 32 for SDXL (8 x 2**2), 4 for tiny (2 x 2).
+    64 for SD1.5 (8 x 2**3), 32 for SDXL (8 x 2**2), 8 for tiny (the pipelines' own minimum).
     """
-    return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    return max(8, int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1))
 
 
 def lora_components(pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
