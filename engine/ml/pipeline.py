@@ -16,7 +16,8 @@ from diffusers import (
 
 from engine.ml.tiny import build_tiny_pipeline
 
-_TINY = ("tiny", "tiny-sdxl")
+# Built offline with random weights (engine/ml/tiny.py): tests, smoke runs and benchmarks only.
+_TINY = {"tiny": "tiny", "tiny-sdxl": "tiny-sdxl", "random:sd15": "sd15", "random:sdxl": "sdxl"}
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 _HINT = "use a local diffusers folder, a .safetensors checkpoint, or 'tiny' for a smoke test"
 
@@ -71,15 +72,16 @@ def _from_source(model: str, dtype: torch.dtype) -> DiffusionPipeline:
 def load_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
     """Load ``model`` onto ``device`` in ``dtype``, ready for inference and LoRA training.
 
-    ``model`` is ``"tiny"`` (or ``"tiny-sdxl"``), a Hugging Face id, a local diffusers folder, or a single
-    ``.safetensors`` / ``.ckpt`` file. SD1.x/2.x and SDXL are supported. The safety checker and progress
-    bars are off; the sampler is DPM-Solver++ (2M), which gives clean results in 25-35 steps.
+    ``model`` is ``"tiny"`` (or ``"tiny-sdxl"``, ``"random:sd15"``, ``"random:sdxl"``: offline, random
+    weights), a Hugging Face id, a local diffusers folder, or a single ``.safetensors`` / ``.ckpt`` file.
+    SD1.x/2.x and SDXL are supported. The safety checker and progress bars are off; the sampler is
+    DPM-Solver++ (2M), which gives clean results in 25-35 steps.
     """
     try:
         if model in _TINY:
-            pipe = build_tiny_pipeline(model)
+            pipe = build_tiny_pipeline(_TINY[model], device=device)
             for module in pipe.components.values():
-                if isinstance(module, torch.nn.Module):
+                if isinstance(module, torch.nn.Module) and dtype != torch.float32:
                     module.to(dtype=dtype)
         else:
             with warnings.catch_warnings():

@@ -177,8 +177,12 @@ def _text_config(shape: dict, vocab_size: int) -> CLIPTextConfig:
     )
 
 
-def build_tiny_pipeline(arch: str = "tiny", random_weights: bool = True, seed: int = 0) -> DiffusionPipeline:
-    """Build a pipeline offline with random weights, deterministic for a given ``seed`` (fp32, on CPU).
+def build_tiny_pipeline(
+    arch: str = "tiny", random_weights: bool = True, seed: int = 0, device: str | torch.device = "cpu"
+) -> DiffusionPipeline:
+    """Build a pipeline offline with random weights in fp32, deterministic for a given ``seed`` and device.
+
+    Weights are initialised directly on ``device`` (much faster for the real shapes on a GPU).
 
     ``tiny`` / ``tiny-sdxl`` are the few-MB shapes diffusers uses in its own tests (SD and SDXL layouts);
     ``sd15`` / ``sdxl`` are the real architectures (about 1 GB / 3.5 GB of fp32 weights) for benchmarks.
@@ -197,6 +201,13 @@ def build_tiny_pipeline(arch: str = "tiny", random_weights: bool = True, seed: i
     vae_shape = _TINY_VAE if tiny else {**_REAL_VAE, "sample_size": 1024 if xl else 512}
     vocab_size = 1000 if tiny else 49408
 
+    with torch.device(device):
+        return _build(xl, tiny, unet_shape, vae_shape, vocab_size, seed)
+
+
+def _build(
+    xl: bool, tiny: bool, unet_shape: dict, vae_shape: dict, vocab_size: int, seed: int
+) -> DiffusionPipeline:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_shape)
     torch.manual_seed(seed)
