@@ -1,0 +1,191 @@
+"""Benchmark the ML core: training speed, generation speed, adapter swap vs full load, photos -> portraits.
+
+    python bench/engine.py                                   # tiny pipeline, whatever device is there
+    python bench/engine.py --arch sdxl --random-weights      # real SDXL shapes, random weights, no download
+    python bench/engine.py --model /models/sdxl-base --steps 200
+
+Needs only torch, diffusers, peft, transformers, safetensors, accelerate, pillow and numpy. Prints
+human-readable lines; the LAST line is one JSON object (see ``run_bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import torch  # noqa: E402
+
+from engine.ml.device import pick_device  # noqa: E402
+from engine.ml.generate import Generator  # noqa: E402
+from engine.ml.pipeline import load_pipeline, native_resolution, set_active_adapter  # noqa: E402
+from engine.ml.train import TrainConfig, train_lora  # noqa: E402
+from engine.presets import load_presets  # noqa: E402
+
+PROMPT = "a photo of sks person"
+
+
+def synthetic_photos(count: int, size: int = 768) -> list[PIL.Image.Image]:
+    """Deterministic face-sized stand-ins (speed does not depend on content; no personal data needed)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    photos = []
+    for _ in range(count):
+        base = rng.uniform(0, 255, 3)
+        blob = np.exp(-(((xx - 0.5) ** 2 + (yy - 0.45) ** 2) / 0.05))[..., None]
+        image = base * (1 - blob) + rng.uniform(150, 230, 3) * blob + rng.normal(0, 8, (size, size, 3))
+        photos.append(PIL.Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)))
+    return photos
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_bench(args: argparse.Namespace, log=print) -> dict:
+    """Run every measurement once and return the result dict (the hook for callers that add more keys)."""
+    device, dtype = pick_device(args.device, args.dtype)
+    model = f"random:{args.arch}" if args.random_weights else args.model
+    presets = load_presets(ROOT / "config" / "presets.toml")
+    preset = presets[args.preset]
+    if args.gen_steps:
+        preset = dataclasses.replace(preset, steps=args.gen_steps)
+    log(f"device {device} dtype {str(dtype).removeprefix('torch.')} model {model}")
+
+    _sync(device)
+    started = time.perf_counter()
+    pipe = load_pipeline(model, device, dtype)
+    _sync(device)
+    load_s = time.perf_counter() - started
+    native = native_resolution(pipe)
+    log(f"pipeline load {load_s:.2f} s (native {native}px)")
+    if device.type == "cuda":  # kernels and allocator warm-up, as in a long-running worker
+        Generator(pipe).generate(None, dataclasses.replace(preset, steps=2), "sks person", 1, seed=0)
+
+    defaults = TrainConfig()
+    config = TrainConfig(
+        steps=args.steps or defaults.steps,
+        resolution=args.resolution,
+        learning_rate=defaults.learning_rate,
+        gradient_checkpointing=None if args.checkpointing == "auto" else args.checkpointing == "on",
+    )
+    photos = synthetic_photos(args.photos)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    # Photos -> portraits: train, load the adapter, generate the portraits; wall clock for all of it.
+    stamps: list[float] = []
+    _sync(device)
+    portraits_started = time.perf_counter()
+    result = train_lora(
+        pipe, photos, PROMPT, config, progress=lambda f, m: stamps.append(time.perf_counter())
+    )
+    _sync(device)
+    train_s = time.perf_counter() - portraits_started
+    # Steady-state speed: from the end of step 1 to the end of the last step (no latent caching, no warm-up).
+    step_stamps = stamps[1 : 1 + result.steps]
+    if len(step_stamps) >= 2:
+        steps_per_s = (len(step_stamps) - 1) / (step_stamps[-1] - step_stamps[0])
+    else:
+        steps_per_s = result.steps / result.seconds
+    log(
+        f"training {result.steps} steps at {config.resolution or native}px: {train_s:.2f} s, "
+        f"{steps_per_s:.3f} steps/s, loss {statistics.mean(result.losses[:5]):.4f} -> "
+        f"{statistics.mean(result.losses[-5:]):.4f}, adapter {len(result.adapter) / 1e6:.1f} MB"
+    )
+    generator = Generator(pipe, cache_size=4)
+    generator.load_adapter("bench", result.adapter)
+    _sync(device)
+    gen_started = time.perf_counter()
+    images = generator.generate("bench", preset, "sks person", args.images, seed=0)
+    _sync(device)
+    gen_s = time.perf_counter() - gen_started
+    portraits_s = time.perf_counter() - portraits_started
+    width, height = images[0].size
+    images_per_s = args.images / gen_s
+    log(
+        f"generation: {args.images} x {width}x{height}, {preset.steps} steps: "
+        f"{gen_s:.2f} s, {images_per_s:.3f} images/s"
+    )
+    log(f"photos to {args.images} portraits: {portraits_s:.2f} s")
+
+    # Adapter swap: load another user's adapter from bytes and make it the active one.
+    swaps = []
+    for i in range(args.swaps):
+        owner = f"swap{i}"
+        _sync(device)
+        started = time.perf_counter()
+        generator.load_adapter(owner, result.adapter)
+        set_active_adapter(pipe, generator._loaded[owner])
+        _sync(device)
+        swaps.append(time.perf_counter() - started)
+        set_active_adapter(pipe, None)
+    swap_s = statistics.median(swaps)
+    log(f"adapter load+swap {swap_s * 1000:.1f} ms (median of {len(swaps)}) vs pipeline load {load_s:.2f} s")
+
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if peak_gb is not None:
+        log(f"peak CUDA memory {peak_gb:.1f} GiB")
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "model": model,
+        "native_resolution": native,
+        "train_steps": result.steps,
+        "train_resolution": config.resolution or native,
+        "train_seconds": round(train_s, 3),
+        "train_steps_per_s": round(steps_per_s, 4),
+        "adapter_mb": round(len(result.adapter) / 1e6, 2),
+        "images": args.images,
+        "image_size": [width, height],
+        "generate_steps": preset.steps,
+        "images_per_s": round(images_per_s, 4),
+        "pipeline_load_seconds": round(load_s, 3),
+        "adapter_swap_seconds": round(swap_s, 4),
+        "swap_vs_load_ratio": round(load_s / swap_s, 1),
+        "portraits_seconds": round(portraits_s, 3),
+        "peak_cuda_gib": None if peak_gb is None else round(peak_gb, 2),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="tiny", help="tiny, a Hugging Face id, a diffusers folder or a checkpoint"
+    )
+    parser.add_argument("--arch", choices=["tiny", "tiny-sdxl", "sd15", "sdxl"], default="sd15")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="build --arch offline with random weights"
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--steps", type=int, default=0, help="training steps (0 = TrainConfig default)")
+    parser.add_argument("--resolution", type=int, default=0, help="training resolution (0 = native)")
+    parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--images", type=int, default=4, help="portraits per request")
+    parser.add_argument("--photos", type=int, default=4, help="training photos")
+    parser.add_argument("--preset", default="headshot")
+    parser.add_argument("--gen-steps", type=int, default=0, help="denoising steps (0 = the preset's)")
+    parser.add_argument("--swaps", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    result = run_bench(parse_args(argv))
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The ML core on a tiny pipeline built offline: real diffusers + peft, real photos, CPU."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import builtins
+import contextlib
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import transformers
+from matplotlib import cbook
+from skimage import data
+
+from engine.ml.device import pick_device
+from engine.ml.generate import GenerationStopped, Generator, adapter_name
+from engine.ml.pipeline import ModelLoadError, load_pipeline, loaded_adapters, native_resolution
+from engine.ml.tiny import build_tiny_pipeline
+from engine.ml.train import (
+    TRAIN_ADAPTER,
+    TrainConfig,
+    TrainingStopped,
+    pack_adapter,
+    train_lora,
+    unpack_adapter,
+)
+from engine.presets import Preset, load_presets, preset_size
+
+diffusers.utils.logging.set_verbosity_error()  # the byte tokenizer truncates long prompts; keep logs quiet
+transformers.utils.logging.set_verbosity_error()
+
+CPU = torch.device("cpu")
+PRESETS = load_presets(Path(__file__).resolve().parents[1] / "config" / "presets.toml")
+FAST = Preset("fast", "Fast", "portrait photo of {token}", "blurry", 4, 6.0, "1:1")
+PROMPT = "a photo of sks person"
+# High learning rate and low resolution so 50 steps on a 2-core CPU visibly move the loss.
+CONFIG = TrainConfig(steps=50, rank=4, alpha=8, learning_rate=3e-2, resolution=32, seed=0)
+
+
+def _pixels(images: list[PIL.Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+@contextlib.contextmanager
+def no_files_written(tmp_path: Path):
+    """Run in an empty cwd with a private temp dir; fail if any file is opened for writing or appears."""
+    cwd = Path(tmp_path, "cwd")
+    tmp = Path(tmp_path, "tmp")
+    cwd.mkdir()
+    tmp.mkdir()
+    writes: list[str] = []
+    real_open = builtins.open
+
+    def spy_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            writes.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    old_cwd, old_tempdir = os.getcwd(), tempfile.tempdir
+    os.chdir(cwd)
+    tempfile.tempdir = str(tmp)
+    builtins.open = spy_open
+    try:
+        yield
+    finally:
+        builtins.open = real_open
+        tempfile.tempdir = old_tempdir
+        os.chdir(old_cwd)
+    assert writes == []
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[PIL.Image.Image]:
+    """Two real face photos: the astronaut (Eileen Collins) and Grace Hopper."""
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        hopper = PIL.Image.open(f).convert("RGB")
+    return [PIL.Image.fromarray(data.astronaut()), hopper]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline("tiny", CPU, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(pipe, photos, tmp_path_factory):
+    """One real training run (and a generation) on the module's pipeline, proving no file is written."""
+    base_before = _pixels(Generator(pipe).generate(None, FAST, "sks person", 1, seed=7))
+    steps_seen: list[float] = []
+    with no_files_written(tmp_path_factory.mktemp("nofiles")):
+        result = train_lora(pipe, photos, PROMPT, CONFIG, progress=lambda f, _msg: steps_seen.append(f))
+        generator = Generator(pipe)
+        generator.load_adapter("alice", result.adapter)
+        generator.generate("alice", FAST, "sks person", 1, seed=7)
+        generator.forget("alice")
+    return {"result": result, "base_before": base_before, "progress": steps_seen}
+
+
+@pytest.fixture
+def gen(pipe):
+    generator = Generator(pipe, cache_size=4)
+    yield generator
+    for owner in list(generator._loaded):
+        generator.forget(owner)
+    assert loaded_adapters(pipe) == set()
+
+
+def _variant(adapter: bytes, seed: int, alpha: float | None = None) -> bytes:
+    """Another user's adapter: the same layout with different weights (and optionally another alpha)."""
+    state, meta, info = unpack_adapter(adapter)
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=g) * v.float().std() for k, v in state.items()}
+    meta = dict(meta)
+    if alpha is not None:
+        meta["unet.lora_alpha"] = alpha
+    configs = {"unet": _config_from(meta, "unet")}
+    return pack_adapter(state, configs, info)
+
+
+def _config_from(meta: dict, prefix: str):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        **{k.removeprefix(prefix + "."): v for k, v in meta.items() if k.startswith(prefix + ".")}
+    )
+
+
+def test_pick_device_cpu_and_overrides():
+    device, dtype = pick_device("cpu")
+    assert device.type == "cpu" and dtype == torch.float32
+    assert pick_device("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
+    if not torch.cuda.is_available():
+        assert pick_device() == (CPU, torch.float32)
+    with pytest.raises(ValueError):
+        pick_device("cpu", "int3")
+
+
+def test_tiny_pipeline_is_deterministic_and_offline(pipe):
+    a, b = build_tiny_pipeline(seed=3), build_tiny_pipeline(seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.unet.parameters(), b.unet.parameters(), strict=True))
+    assert len(a.tokenizer) == 514
+    assert native_resolution(pipe) == 64
+
+
+def test_training_loss_falls_and_adapter_carries_its_config(trained):
+    result = trained["result"]
+    assert result.steps == len(result.losses) == CONFIG.steps
+    assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+    assert trained["progress"][-1] == 1.0
+    state, meta, info = unpack_adapter(result.adapter)
+    assert state and all(k.startswith("unet.") and "lora" in k for k in state)
+    assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 8
+    assert set(meta["unet.target_modules"]) == {"to_q", "to_k", "to_v", "to_out.0"}
+    assert info["rank"] == 4 and info["config"]["learning_rate"] == CONFIG.learning_rate
+
+
+def test_training_leaves_the_pipeline_as_it_was(pipe, trained, gen):
+    assert loaded_adapters(pipe) == set()
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    assert not pipe.unet.training and pipe.unet.dtype == torch.float32
+    after = _pixels(gen.generate(None, FAST, "sks person", 1, seed=7))
+    assert np.array_equal(after, trained["base_before"])
+
+
+def test_adapter_changes_the_output_for_two_presets(pipe, trained, gen):
+    gen.load_adapter("alice", trained["result"].adapter)
+    for key in ("headshot", "cinematic"):
+        preset = dataclasses.replace(PRESETS[key], steps=4)
+        base = gen.generate(None, preset, "sks person", 2, seed=1)
+        styled = gen.generate("alice", preset, "sks person", 2, seed=1)
+        assert len(styled) == 2
+        assert styled[0].size == preset_size(preset, 64, 8)
+        assert np.abs(_pixels(styled) - _pixels(base)).mean() > 1.0
+        assert not np.array_equal(_pixels(styled)[0], _pixels(styled)[1])  # seed + i per image
+
+
+def test_adapters_never_mix(pipe, trained, gen):
+    adapter_a = trained["result"].adapter
+    gen.load_adapter("alice", adapter_a)
+    alone = _pixels(gen.generate("alice", FAST, "sks person", 1, seed=3))
+    gen.load_adapter("bob", _variant(adapter_a, seed=1))
+    with_b = _pixels(gen.generate("alice", FAST, "sks person", 1, seed=3))
+    bob = _pixels(gen.generate("bob", FAST, "sks person", 1, seed=3))
+    assert np.array_equal(alone, with_b)
+    assert not np.array_equal(alone, bob)
+
+
+def test_lru_eviction_and_forget_remove_adapters_from_the_pipe(pipe, trained):
+    gen = Generator(pipe, cache_size=2)
+    adapter = trained["result"].adapter
+    gen.load_adapter("a", adapter)
+    gen.load_adapter("b", _variant(adapter, seed=2))
+    gen.generate("a", FAST, "sks person", 1, seed=0)  # "a" is now the most recent
+    gen.load_adapter("c", _variant(adapter, seed=3))
+    assert not gen.has_adapter("b") and gen.has_adapter("a") and gen.has_adapter("c")
+    assert loaded_adapters(pipe) == {adapter_name("a"), adapter_name("c")}
+    gen.forget("a")
+    gen.forget("c")
+    assert loaded_adapters(pipe) == set()
+    with pytest.raises(KeyError):
+        gen.generate("a", FAST, "sks person", 1, seed=0)
+
+
+def test_adapter_names_are_safe():
+    names = {adapter_name(owner) for owner in ("tg:12345", "dc:1.2.3", "tg:12346")}
+    assert len(names) == 3
+    assert all("." not in n and n != TRAIN_ADAPTER and "12345" not in n for n in names)
+
+
+def test_lora_alpha_survives_the_round_trip(pipe, trained, gen):
+    adapter = trained["result"].adapter
+    gen.load_adapter("alpha8", adapter)
+    name = adapter_name("alpha8")
+    scalings = {
+        layer.scaling[name]
+        for layer in pipe.unet.modules()
+        if hasattr(layer, "scaling") and name in layer.scaling
+    }
+    assert scalings == {8 / 4}
+    with_alpha = _pixels(gen.generate("alpha8", FAST, "sks person", 1, seed=5))
+    # The same weights with alpha dropped to the rank (what loading without metadata would do).
+    state, meta, info = unpack_adapter(adapter)
+    dropped = pack_adapter(state, {"unet": _config_from({**meta, "unet.lora_alpha": 4}, "unet")}, info)
+    gen.load_adapter("alpha4", dropped)
+    without = _pixels(gen.generate("alpha4", FAST, "sks person", 1, seed=5))
+    assert not np.array_equal(with_alpha, without)
+
+
+def test_should_stop_raises_and_leaves_no_adapter(pipe, photos, trained):
+    calls = iter([False, False, True])
+    with pytest.raises(TrainingStopped):
+        train_lora(pipe, photos, PROMPT, CONFIG, should_stop=lambda: next(calls))
+    assert loaded_adapters(pipe) == set()
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+
+
+def test_generation_can_be_stopped(pipe, gen):
+    with pytest.raises(GenerationStopped):
+        gen.generate(None, FAST, "sks person", 1, seed=0, should_stop=lambda: True)
+
+
+def test_text_encoder_lora_trains_and_loads(pipe, photos, trained, gen):
+    config = dataclasses.replace(CONFIG, steps=3, train_text_encoder=True)
+    result = train_lora(pipe, photos, PROMPT, config)
+    state, meta, _ = unpack_adapter(result.adapter)
+    assert any(k.startswith("text_encoder.") for k in state) and meta["text_encoder.r"] == 4
+    assert loaded_adapters(pipe) == set()
+    gen.load_adapter("carol", result.adapter)
+    base = _pixels(gen.generate(None, FAST, "sks person", 1, seed=0))
+    assert not np.array_equal(base, _pixels(gen.generate("carol", FAST, "sks person", 1, seed=0)))
+
+
+def test_sdxl_layout_trains_and_generates(photos):
+    xl = load_pipeline("tiny-sdxl", CPU, torch.float32)
+    result = train_lora(xl, photos, PROMPT, dataclasses.replace(CONFIG, steps=3))
+    gen = Generator(xl)
+    gen.load_adapter("dave", result.adapter)
+    base = _pixels(gen.generate(None, FAST, "sks person", 1, seed=0))
+    styled = _pixels(gen.generate("dave", FAST, "sks person", 1, seed=0))
+    assert base.shape == styled.shape and not np.array_equal(base, styled)
+
+
+def test_local_diffusers_folder_loads(tmp_path):
+    build_tiny_pipeline(seed=5).save_pretrained(tmp_path / "model")
+    loaded = load_pipeline(str(tmp_path / "model"), CPU, torch.float32)
+    assert native_resolution(loaded) == 64
+    reference = build_tiny_pipeline(seed=5)
+    assert torch.equal(next(loaded.unet.parameters()), next(reference.unet.parameters()))
+
+
+@pytest.mark.parametrize("model", ["no-such-org/no-such-model", "/nonexistent/model.safetensors"])
+def test_model_load_error_is_one_clear_line(model, tmp_path):
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(model, CPU, torch.float32)
+    message = str(err.value)
+    assert "\n" not in message and model in message and "tiny" in message
+
+
+def test_malformed_adapter_bytes_are_rejected(gen):
+    with pytest.raises(ValueError, match="not a Likeness LoRA adapter"):
+        gen.load_adapter("eve", b"not safetensors at all")
+    bare = json.dumps({"__metadata__": {}}).encode()
+    with pytest.raises(ValueError):
+        gen.load_adapter("eve", len(bare).to_bytes(8, "little") + bare)
