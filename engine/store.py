@@ -101,7 +101,8 @@ MIGRATIONS: list[str] = [
         id TEXT PRIMARY KEY,              -- outbox: one row per finished job to send
         user_id TEXT NOT NULL REFERENCES users(id),
         job_id TEXT NOT NULL UNIQUE,
-        state TEXT NOT NULL,              -- pending | sending | sent
+        kind TEXT NOT NULL,               -- trained | portraits | failed
+        state TEXT NOT NULL,              -- pending | sent
         attempts INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL,
         sent_at REAL
@@ -110,7 +111,8 @@ MIGRATIONS: list[str] = [
         id TEXT PRIMARY KEY,
         user_id TEXT NOT NULL REFERENCES users(id),
         message_id TEXT NOT NULL,
-        kind TEXT NOT NULL,               -- 'result' | 'progress' | 'other'
+        job_id TEXT,                      -- the job a progress message follows
+        kind TEXT NOT NULL,               -- 'result' | 'progress'
         sent_at REAL NOT NULL
     );
     CREATE TABLE deadlines (

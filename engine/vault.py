@@ -237,7 +237,9 @@ def decrypt(data_key: bytes, owner: str, kind: str, blob_id: str, blob: bytes) -
                 )
             )
         except InvalidTag:
-            raise BlobCorrupt("the blob was altered, truncated, or belongs to another owner or kind") from None
+            raise BlobCorrupt(
+                "the blob was altered, truncated, or belongs to another owner or kind"
+            ) from None
         index += 1
     return b"".join(plain)
 

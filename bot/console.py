@@ -1,0 +1,114 @@
+"""A terminal front-end for the same conversation: try the whole product without a platform account.
+
+Type commands as in a chat (`/start`, `/train`, ...), `photo PATH [PATH ...]` to send photos, a button's
+number to press it, `quit` to leave. Portraits and files are written to the folder given on the command
+line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.events import (
+    Button,
+    ButtonPress,
+    Chat,
+    Command,
+    Event,
+    IncomingPhoto,
+    PhotoMessage,
+    Reply,
+    TextMessage,
+)
+
+CHAT = Chat("console", "console", "console-user", True)
+
+
+class ConsoleFrontend:
+    """Messenger and front-end in one: prints replies, numbers buttons, saves images to `out_dir`."""
+
+    platform = "console"
+
+    def __init__(self, out_dir: Path, write: Callable[[str], None] | None = None):
+        self.out_dir = out_dir
+        self.write = write or (lambda text: print(text, flush=True))
+        self.buttons: list[Button] = []
+        self.next_id = 0
+        self.on_quit: Callable[[], None] = lambda: None
+        self.conversation = None
+        self._reader: asyncio.Task | None = None
+
+    # -- Messenger -------------------------------------------------------------------------------------
+    async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
+        self.next_id += 1
+        lines = [f"\n🤖 {reply.text}"] if reply.text else []
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        names = reply.image_names or tuple(
+            f"portrait-{self.next_id}-{n + 1}.png" for n in range(len(reply.images))
+        )
+        for name, data in [*zip(names, reply.images, strict=True), *reply.files]:
+            path = self.out_dir / name
+            path.write_bytes(data)
+            lines.append(f"   📎 saved {path}")
+        if reply.buttons:
+            self.buttons = [button for row in reply.buttons for button in row]
+            lines += [f"   [{n}] {button.label}" for n, button in enumerate(self.buttons, start=1)]
+        self.write("\n".join(lines))
+        return [str(self.next_id)]
+
+    async def edit(self, chat: Chat, message_id: str, reply: Reply) -> None:
+        self.write(f"   ⏳ {reply.text}")
+
+    async def delete(self, chat: Chat, message_id: str) -> bool:
+        return True
+
+    async def acknowledge(self, event: Event, text: str = "") -> None:
+        if text:
+            self.write(f"   ({text})")
+
+    # -- input -----------------------------------------------------------------------------------------
+    def parse(self, line: str) -> Event | None:
+        """One line typed by the user -> an event (None: nothing to do)."""
+        line = line.strip()
+        if not line:
+            return None
+        if line.startswith("/"):
+            name, _, args = line[1:].partition(" ")
+            return Command(CHAT, name.lower(), args.strip())
+        if line.isdigit() and 1 <= int(line) <= len(self.buttons):
+            return ButtonPress(CHAT, self.buttons[int(line) - 1].data)
+        if line.startswith("photo "):
+            photos = []
+            for name in shlex.split(line[6:]):
+                path = Path(name).expanduser()
+                size = path.stat().st_size if path.is_file() else None
+                photos.append(
+                    IncomingPhoto(size=size, download=lambda p=path: asyncio.to_thread(p.read_bytes))
+                )
+            return PhotoMessage(CHAT, tuple(photos))
+        return TextMessage(CHAT, line)
+
+    async def _read_loop(self) -> None:
+        self.write("Likeness console. Type /start to begin, `photo PATH ...` to send photos, quit to leave.")
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line or line.strip() in {"quit", "exit"}:
+                self.on_quit()
+                return
+            try:
+                event = self.parse(line)
+                if event is not None:
+                    await self.conversation.handle(event)
+            except FileNotFoundError as error:
+                self.write(f"   no such file: {error.filename}")
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()

@@ -1,0 +1,82 @@
+"""The outbox loop: sends finished work (model ready, portraits, failures) and records every send.
+
+A delivery row is marked sent right after the platform accepted the message, together with the ids of the
+messages (for /forget and the messages deadline). A bot killed before that resends on restart; nothing is
+lost. Delivered portraits are deleted from the server at once (retention: outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.events import Button, Chat, Reply
+from bot.flow import Conversation
+from engine.facade import Delivery
+
+log = logging.getLogger(__name__)
+
+
+def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Reply]:
+    t, engine = conversation.t, conversation.engine
+    if delivery.kind == "trained":
+        return [Reply(t("trained"), buttons=conversation.style_buttons())]
+    if delivery.kind == "failed":
+        return [Reply(t("job_failed", reason=delivery.error or "unknown error"))]
+    preset = engine.presets.get(delivery.preset or "")
+    caption = t("results_caption", label=preset.label if preset else "Portrait")
+    names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
+    images = tuple(data for _, data in delivery.images)
+    settings = engine.settings
+    protect = settings.telegram.protect_content
+    again = ((Button(t.button("another_style"), "styles"),),)
+    mode = settings.provenance.deliver_as
+    replies = []
+    if mode in {"photos", "both"}:
+        replies.append(Reply(caption, images=images, image_names=names, protect=protect))
+    if mode in {"files", "both"}:
+        replies.append(Reply(caption, images=images, image_names=names, as_files=True, protect=protect))
+    replies[-1] = Reply(
+        replies[-1].text,
+        buttons=again,
+        images=images,
+        image_names=names,
+        as_files=replies[-1].as_files,
+        protect=protect,
+    )
+    return replies
+
+
+async def deliver_pending(conversation: Conversation, platform: str) -> int:
+    """Send every pending delivery for `platform` once; returns how many were sent."""
+    engine = conversation.engine
+    messenger = conversation.messengers[platform]
+    sent = 0
+    for delivery in await engine.pending_deliveries(platform):
+        chat = Chat(platform, delivery.chat["chat_id"], delivery.chat["user_id"], True)
+        progress_id = await engine.progress_message(delivery.job_id)
+        if progress_id:
+            done = conversation.progress_text("done", 1.0) if delivery.kind != "failed" else "—"
+            try:
+                await messenger.edit(chat, progress_id, Reply(done))
+            except Exception:
+                log.warning("the progress message could not be edited")
+        message_ids: list[str] = []
+        for reply in delivery_replies(conversation, delivery):
+            message_ids += await messenger.send(chat, reply)
+        await engine.delivered(delivery, message_ids, platform)
+        sent += 1
+    return sent
+
+
+async def run_deliveries(
+    conversation: Conversation, platform: str, stop: asyncio.Event, interval: float = 1.0
+) -> None:
+    while not stop.is_set():
+        try:
+            await deliver_pending(conversation, platform)
+        except Exception:
+            log.exception("delivery failed; it stays in the outbox and is tried again")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)

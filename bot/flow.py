@@ -1,0 +1,437 @@
+"""The conversation, once for every platform: consent → upload → train → style → deliver → forget.
+
+Adapters turn platform updates into `bot.events` and call `Conversation.handle`. Answers go out through
+the adapter's `Messenger`. Button data is never trusted: every press acts on the presser's own data, and a
+press that names a job is checked against the job's owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.events import Button, ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
+from bot.texts import Texts, eta_text, progress_bar, utc
+from engine.facade import Engine
+from engine.intake import Accepted, Rejected
+from engine.settings import format_duration
+
+log = logging.getLogger(__name__)
+
+COMMANDS = {
+    "start": "What this bot does and how your data is handled",
+    "train": "Train your personal model",
+    "styles": "Choose a portrait style",
+    "status": "What is stored and when it is deleted",
+    "settings": "How long things are kept",
+    "mydata": "Get a copy of your data",
+    "forget": "Delete everything and withdraw consent",
+    "cancel": "Stop what is running",
+    "privacy": "The full privacy policy",
+    "help": "List the commands",
+}
+
+MODEL_CHOICES = {"model_now": 3600.0, "model_day": 86400.0, "model_week": 7 * 86400.0}
+MESSAGE_CHOICES = {"messages_off": 0.0, "messages_day": 86400.0}
+
+
+class Conversation:
+    def __init__(self, engine: Engine, texts: Texts, messengers: dict[str, Messenger] | None = None):
+        self.engine = engine
+        self.t = texts
+        self.messengers: dict[str, Messenger] = dict(messengers or {})
+        self._handlers: dict[str, Callable[[Command, str], Awaitable[None]]] = {
+            "start": self.start,
+            "help": self.help,
+            "privacy": self.privacy,
+            "train": self.train,
+            "styles": self.styles,
+            "status": self.status,
+            "settings": self.settings,
+            "mydata": self.mydata,
+            "forget": self.forget,
+            "withdraw": self.forget,
+            "cancel": self.cancel,
+        }
+
+    def add_messenger(self, messenger: Messenger) -> None:
+        self.messengers[messenger.platform] = messenger
+
+    # -- dispatch ----------------------------------------------------------------------------------------
+    async def handle(self, event: Event) -> None:
+        chat = event.chat
+        user_id = self.engine.pseudonym(chat.platform, chat.user_id)
+        try:
+            if isinstance(event, Command):
+                handler = self._handlers.get(event.name)
+                if handler is None:
+                    await self.say(chat, Reply(self.t("unknown_command")), event)
+                elif not chat.private and event.name not in {"start", "help", "privacy"}:
+                    await self.say(chat, Reply(self.t("group_redirect")), event)
+                else:
+                    await handler(event, user_id)
+            elif isinstance(event, ButtonPress):
+                await self.press(event, user_id)
+            elif isinstance(event, PhotoMessage):
+                await self.photos(event, user_id)
+            elif isinstance(event, TextMessage) and chat.private:
+                await self.say(chat, Reply(self.t("text_hint")))
+        except Exception:
+            log.exception("handling a %s failed", type(event).__name__)
+            raise
+
+    def messenger(self, chat: Chat) -> Messenger:
+        return self.messengers[chat.platform]
+
+    async def say(self, chat: Chat, reply: Reply, event: Event | None = None) -> list[str]:
+        interaction = getattr(event, "interaction", None)
+        return await self.messenger(chat).send(chat, reply, interaction=interaction)
+
+    @staticmethod
+    def address(chat: Chat) -> dict[str, str]:
+        return {"chat_id": chat.chat_id, "user_id": chat.user_id}
+
+    # -- consent -----------------------------------------------------------------------------------------
+    def consent_reply(self, chat: Chat, lead: str = "") -> Reply:
+        text = self.t.policy_summary(chat.platform)
+        buttons = (
+            (Button(self.t.button("agree"), "consent:yes"), Button(self.t.button("decline"), "consent:no")),
+        )
+        return Reply((lead + "\n\n" + text) if lead else text, buttons=buttons)
+
+    async def start(self, event: Command, user_id: str) -> None:
+        """/start: explain, then ask for consent (or welcome back)."""
+        if not event.chat.private:
+            await self.say(event.chat, Reply(self.t("group_redirect")), event)
+            return
+        if await self.engine.has_consent(user_id, self.t.policy_version):
+            await self.say(event.chat, Reply(self.t("welcome_back")), event)
+            return
+        lead = self.t("consent_renew") if await self.engine.consent(user_id) else ""
+        await self.say(event.chat, self.consent_reply(event.chat, lead), event)
+
+    async def help(self, event: Command, user_id: str) -> None:
+        await self.say(event.chat, Reply(self.t("help")), event)
+
+    async def privacy(self, event: Command, user_id: str) -> None:
+        await self.say(event.chat, Reply(self.t.policy_full(event.chat.platform)), event)
+
+    async def consent(self, press: ButtonPress, user_id: str, agreed: bool) -> None:
+        chat = press.chat
+        if not agreed:
+            await self.say(chat, Reply(self.t("declined")))
+            return
+        await self.engine.give_consent(
+            user_id, chat.platform, self.address(chat), self.t.policy_version, self.t.attestation
+        )
+        upload = self.engine.settings.upload
+        await self.say(
+            chat, Reply(self.t("consented", min_photos=upload.min_photos, max_photos=upload.max_photos))
+        )
+
+    async def require_consent(self, chat: Chat, user_id: str, event: Event | None = None) -> bool:
+        """True if the user consented to the current policy; else explain and show the buttons."""
+        if await self.engine.has_consent(user_id, self.t.policy_version):
+            return True
+        lead = self.t("consent_renew") if await self.engine.consent(user_id) else self.t("consent_needed")
+        await self.say(chat, self.consent_reply(chat, lead), event)
+        return False
+
+    # -- photos ------------------------------------------------------------------------------------------
+    async def photos(self, event: PhotoMessage, user_id: str) -> None:
+        """Photos or an album: never downloaded before consent or outside a private chat."""
+        chat = event.chat
+        if not chat.private:
+            await self.say(chat, Reply(self.t("group_redirect")))
+            return
+        if not await self.require_consent(chat, user_id):
+            return
+        await self.engine.touch_user(user_id, chat.platform, self.address(chat))
+        lines: list[str] = []
+        count = await self.engine.photo_count(user_id)
+        for photo in event.photos:
+            number = count + 1
+            outcome: Accepted | Rejected | None = self.engine.check_size(photo.size)
+            if outcome is None:
+                try:
+                    data = await photo.download()
+                except Exception:
+                    log.warning("a photo download failed")
+                    lines.append(self.t("download_failed"))
+                    continue
+                result = await self.engine.add_photo(user_id, data)
+                del data
+                outcome, count = result.outcome, result.count
+            if isinstance(outcome, Accepted):
+                lines.append(self.t("photo_accepted", number=number))
+            else:
+                reason, tip = self.t.rejection(outcome)
+                lines.append(self.t("photo_rejected", number=number, reason=reason, tip=tip).strip())
+        await self.say(chat, self.upload_summary(lines, count))
+
+    def upload_summary(self, lines: list[str], count: int) -> Reply:
+        upload = self.engine.settings.upload
+        lines = [*lines, self.t("photo_count", count=count, min_photos=upload.min_photos)]
+        if count < upload.min_photos:
+            lines.append(self.t("photo_need_more", missing=upload.min_photos - count))
+            return Reply("\n".join(lines))
+        key = "photo_full" if count >= upload.max_photos else "photo_enough"
+        lines.append(self.t(key, max_photos=upload.max_photos))
+        return Reply("\n".join(lines), buttons=((Button(self.t.button("train"), "train"),),))
+
+    # -- training and styles -----------------------------------------------------------------------------
+    async def train(self, event: Command | ButtonPress, user_id: str) -> None:
+        chat = event.chat
+        if not await self.require_consent(chat, user_id, event):
+            return
+        try:
+            job_id = await self.engine.start_training(user_id)
+        except ValueError as error:
+            upload = self.engine.settings.upload
+            count = await self.engine.photo_count(user_id)
+            key = "train_already" if str(error) == "already_training" else "train_not_enough"
+            await self.say(chat, Reply(self.t(key, min_photos=upload.min_photos, count=count)), event)
+            return
+        position = await self.position_text(user_id, job_id)
+        await self.show_progress(chat, user_id, job_id, self.t("train_queued", position=position), event)
+
+    def style_buttons(self) -> tuple[tuple[Button, ...], ...]:
+        buttons = [Button(preset.label, f"style:{key}") for key, preset in self.engine.presets.items()]
+        return tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
+
+    async def styles(self, event: Command, user_id: str) -> None:
+        if not await self.require_consent(event.chat, user_id, event):
+            return
+        has_model = await self.engine.adapter(user_id) is not None
+        training = any(job.kind == "train" for job in await self.engine.queue.active_jobs(user_id))
+        if not has_model and not training:
+            await self.say(event.chat, Reply(self.t("no_model")), event)
+            return
+        await self.say(event.chat, Reply(self.t("styles"), buttons=self.style_buttons()), event)
+
+    async def style(self, press: ButtonPress, user_id: str, key: str) -> None:
+        chat = press.chat
+        if not await self.require_consent(chat, user_id):
+            return
+        try:
+            job_id = await self.engine.request_portraits(user_id, key)
+        except ValueError as error:
+            await self.say(chat, Reply(self.t(str(error))))
+            return
+        preset = self.engine.presets[key]
+        position = await self.position_text(user_id, job_id)
+        text = self.t(
+            "style_queued",
+            label=preset.label,
+            count=self.engine.settings.engine.images_per_request,
+            position=position,
+        )
+        await self.show_progress(chat, user_id, job_id, text)
+
+    async def position_text(self, user_id: str, job_id: str) -> str:
+        job = await self.engine.job(user_id, job_id)
+        if job is None:
+            return ""
+        position = await self.engine.queue.position(job)
+        if position.ahead == 0:
+            return self.t("queue_position_now", eta=eta_text(position.eta_seconds))
+        return self.t("queue_position", ahead=position.ahead, eta=eta_text(position.eta_seconds))
+
+    async def show_progress(
+        self, chat: Chat, user_id: str, job_id: str, text: str, event: Event | None = None
+    ) -> None:
+        buttons = ((Button(self.t.button("cancel"), f"cancel:{job_id}"),),)
+        ids = await self.say(chat, Reply(text, buttons=buttons), event)
+        if ids:
+            await self.engine.record_message(user_id, ids[-1], "progress", job_id)
+
+    def progress_text(self, stage: str, fraction: float) -> str:
+        return self.t(
+            "progress",
+            stage=stage.capitalize() or "Working",
+            bar=progress_bar(fraction),
+            percent=round(fraction * 100),
+        )
+
+    # -- buttons -----------------------------------------------------------------------------------------
+    async def press(self, press: ButtonPress, user_id: str) -> None:
+        """Route a button press. The data is untrusted: parse strictly, authorise by owner."""
+        kind, _, arg = press.data.partition(":")
+        chat = press.chat
+        if not chat.private:
+            await self.messenger(chat).acknowledge(press, self.t("group_redirect"))
+            return
+        if kind == "cancel" and arg:
+            job = await self.engine.job(user_id, arg)
+            if job is None:
+                await self.messenger(chat).acknowledge(press, self.t("not_yours"))
+                return
+        await self.messenger(chat).acknowledge(press)
+        if kind == "consent" and arg in {"yes", "no"}:
+            await self.consent(press, user_id, agreed=arg == "yes")
+        elif kind == "train" and not arg:
+            await self.train(press, user_id)
+        elif kind == "style" and arg in self.engine.presets:
+            await self.style(press, user_id, arg)
+        elif kind == "styles":
+            await self.say(chat, Reply(self.t("styles"), buttons=self.style_buttons()))
+        elif kind == "cancel" and arg:
+            count = 1 if await self.engine.queue.cancel(arg, user_id) else 0
+            await self.say(chat, Reply(self.t("cancelled", count=count)))
+        elif kind == "forget" and arg in {"yes", "no"}:
+            if arg == "yes":
+                await self.erase(chat, user_id)
+            else:
+                await self.say(chat, Reply(self.t("forget_kept")))
+        elif kind == "set" and arg in MODEL_CHOICES | MESSAGE_CHOICES:
+            await self.apply_setting(chat, user_id, arg)
+        else:
+            await self.say(chat, Reply(self.t("expired_button")))
+
+    # -- status, settings, data --------------------------------------------------------------------------
+    async def status(self, event: Command, user_id: str) -> None:
+        status = await self.engine.status(user_id, event.chat.platform, self.t.policy_version)
+        none = self.t("status_none")
+
+        def stored(count: int, label: str, deadline: float | None) -> str:
+            if not count:
+                return none
+            what = f"{count} {label}"
+            return self.t("status_deleted_at", what=what, when=utc(deadline)) if deadline else what
+
+        jobs = ", ".join(
+            f"{job.kind} ({job.state}, {round(job.progress * 100)}%, ~{eta_text(pos.eta_seconds)})"
+            for job, pos in status.jobs
+        )
+        consent = await self.engine.consent(user_id)
+        messages = (
+            self.t("messages_deleted_after", duration=format_duration(status.message_retention))
+            if status.message_retention
+            else self.t("messages_kept")
+        )
+        text = self.t(
+            "status",
+            consent=f"given {utc(consent['given_at'])} UTC" if consent else none,
+            photos=stored(status.photos, "photo(s)", status.photo_deadline),
+            model=stored(1 if status.has_model else 0, "model", status.model_deadline),
+            outputs=stored(status.outputs, "portrait(s)", status.output_deadline),
+            jobs=jobs or none,
+            messages=messages,
+        )
+        await self.say(event.chat, Reply(text + "\n\n" + self.t.schedule(event.chat.platform)), event)
+
+    async def settings(self, event: Command, user_id: str) -> None:
+        if not await self.require_consent(event.chat, user_id, event):
+            return
+        await self.say(
+            event.chat,
+            self.settings_reply(event.chat, user_id, await self._retentions(event.chat, user_id)),
+            event,
+        )
+
+    async def _retentions(self, chat: Chat, user_id: str) -> tuple[float, float]:
+        return (
+            await self.engine.model_retention(user_id),
+            await self.engine.message_retention(user_id, chat.platform),
+        )
+
+    def settings_reply(self, chat: Chat, user_id: str, current: tuple[float, float]) -> Reply:
+        model, messages = current
+        cap = self.engine.settings.retention.model
+        choices = [key for key, seconds in MODEL_CHOICES.items() if seconds <= cap] + list(MESSAGE_CHOICES)
+        text = self.t(
+            "settings",
+            model=format_duration(model),
+            model_cap=format_duration(cap),
+            messages=self.t("messages_deleted_after", duration=format_duration(messages))
+            if messages
+            else self.t("messages_kept"),
+        )
+        return Reply(
+            text, buttons=tuple((Button(self.t.setting_button(key), f"set:{key}"),) for key in choices)
+        )
+
+    async def apply_setting(self, chat: Chat, user_id: str, key: str) -> None:
+        if key in MODEL_CHOICES:
+            await self.engine.set_model_retention(user_id, MODEL_CHOICES[key])
+        else:
+            await self.engine.set_message_retention(user_id, MESSAGE_CHOICES[key], chat.platform)
+        await self.say(chat, Reply(self.t("settings_saved", what=self.t.setting_button(key))))
+
+    async def mydata(self, event: Command, user_id: str) -> None:
+        if await self.engine.store.user(user_id) is None:
+            await self.say(event.chat, Reply(self.t("mydata_empty")), event)
+            return
+        summary, archive = await self.engine.export(user_id)
+        files = (("likeness-data.json", summary), ("likeness-files.zip", archive))
+        await self.say(event.chat, Reply(self.t("mydata_caption"), files=files), event)
+
+    async def cancel(self, event: Command, user_id: str) -> None:
+        count = await self.engine.cancel_jobs(user_id)
+        await self.say(
+            event.chat,
+            Reply(self.t("cancelled", count=count) if count else self.t("nothing_to_cancel")),
+            event,
+        )
+
+    async def forget(self, event: Command, user_id: str) -> None:
+        buttons = (
+            (
+                Button(self.t.button("forget_yes"), "forget:yes"),
+                Button(self.t.button("forget_no"), "forget:no"),
+            ),
+        )
+        await self.say(event.chat, Reply(self.t("forget_confirm"), buttons=buttons), event)
+
+    async def erase(self, chat: Chat, user_id: str) -> None:
+        """Delete the bot's messages where the platform allows, then everything in the engine."""
+        messenger = self.messenger(chat)
+        deleted = 0
+        for message_id in await self.engine.messages(user_id):
+            try:
+                deleted += bool(await messenger.delete(chat, message_id))
+            except Exception:
+                log.warning("deleting a delivered message failed")
+        receipt = await self.engine.forget(user_id)
+        counts = {**receipt.counts, "chat messages": deleted}
+        lines = "\n".join(f"• {name}: {count}" for name, count in counts.items())
+        await self.say(
+            chat,
+            Reply(
+                self.t("forget_receipt", receipt_id=receipt.receipt_id, when=utc(receipt.at), counts=lines)
+            ),
+        )
+
+
+async def run_progress_updates(
+    conversation: Conversation, platform: str, stop: asyncio.Event, interval: float = 3.0
+) -> None:
+    """Edit each active job's progress message in place, at most once per `interval` per message."""
+    engine, shown = conversation.engine, {}
+    while not stop.is_set():
+        try:
+            rows = await engine.store.fetchall(
+                "SELECT j.id, j.user_id, j.progress, j.stage, j.state, m.message_id FROM jobs j "
+                "JOIN sent_messages m ON m.job_id = j.id AND m.kind='progress' "
+                "JOIN users u ON u.id = j.user_id WHERE u.platform=? AND j.state='running'",
+                (platform,),
+            )
+            for row in rows:
+                text = conversation.progress_text(row["stage"], row["progress"])
+                if shown.get(row["id"]) == text:
+                    continue
+                address = await engine.chat_of(row["user_id"])
+                if address is None:
+                    continue
+                chat = Chat(platform, address["chat_id"], address["user_id"], True)
+                buttons = ((Button(conversation.t.button("cancel"), f"cancel:{row['id']}"),),)
+                await conversation.messengers[platform].edit(
+                    chat, row["message_id"], Reply(text, buttons=buttons)
+                )
+                shown[row["id"]] = text
+        except Exception:
+            log.exception("progress update failed; trying again")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -1,0 +1,278 @@
+"""Telegram adapter: python-telegram-bot v22 updates → neutral events, neutral replies → Bot API calls.
+
+Long polling against `LIKENESS_TELEGRAM_API_URL` (`<url>/bot<token>/<method>`, files at
+`<url>/file/bot<token>/<path>`). Rate limits are handled by AIORateLimiter; sends also retry on network
+errors and 5xx answers, so a reply is not lost to a hiccup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaDocument,
+    InputMediaPhoto,
+    Message,
+    Update,
+)
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot.events import ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply, TextMessage
+from bot.flow import COMMANDS, Conversation
+from engine.settings import TelegramSettings
+
+log = logging.getLogger(__name__)
+
+ALBUM_WAIT_SECONDS = 1.5  # updates of one media group arrive separately: answer once, after the last
+SEND_ATTEMPTS = 4
+T = TypeVar("T")
+
+
+async def with_retries(call: Callable[[], Awaitable[T]]) -> T:
+    """Retry a Bot API call on flood control, time-outs and server errors (5xx), with backoff."""
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        try:
+            return await call()
+        except RetryAfter as error:
+            if attempt == SEND_ATTEMPTS:
+                raise
+            retry = error.retry_after
+            await asyncio.sleep(retry.total_seconds() if hasattr(retry, "total_seconds") else float(retry))
+        except (TimedOut, NetworkError) as error:
+            if attempt == SEND_ATTEMPTS or isinstance(error, BadRequest | Forbidden):
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def keyboard(reply: Reply) -> InlineKeyboardMarkup | None:
+    if not reply.buttons:
+        return None
+    return InlineKeyboardMarkup(
+        [
+            [InlineKeyboardButton(button.label, callback_data=button.data) for button in row]
+            for row in reply.buttons
+        ]
+    )
+
+
+class TelegramMessenger:
+    """The Messenger the conversation talks to, for Telegram."""
+
+    platform = "telegram"
+
+    def __init__(self, application: Application):
+        self.app = application
+
+    @property
+    def bot(self) -> Any:
+        return self.app.bot
+
+    async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
+        chat_id = int(chat.chat_id)
+        sent: list[Message] = []
+        for name, data in reply.files:
+            sent.append(
+                await with_retries(
+                    lambda n=name, d=data: self.bot.send_document(
+                        chat_id, document=d, filename=n, protect_content=reply.protect
+                    )
+                )
+            )
+        if reply.images:
+            names = reply.image_names or tuple(f"portrait-{n + 1}.png" for n in range(len(reply.images)))
+            media_type = InputMediaDocument if reply.as_files else InputMediaPhoto
+            media = [
+                media_type(media=data, filename=name, caption=reply.text if index == 0 else None)
+                for index, (data, name) in enumerate(zip(reply.images, names, strict=True))
+            ]
+            if len(media) == 1:
+                send_one = self.bot.send_document if reply.as_files else self.bot.send_photo
+                field = "document" if reply.as_files else "photo"
+                sent.append(
+                    await with_retries(
+                        lambda: send_one(
+                            chat_id,
+                            **{field: reply.images[0]},
+                            caption=reply.text,
+                            protect_content=reply.protect,
+                            **({"filename": names[0]} if reply.as_files else {}),
+                        )
+                    )
+                )
+            else:
+                sent += await with_retries(
+                    lambda: self.bot.send_media_group(chat_id, media=media, protect_content=reply.protect)
+                )
+            if reply.buttons:
+                sent.append(
+                    await with_retries(
+                        lambda: self.bot.send_message(chat_id, "⬆️", reply_markup=keyboard(reply))
+                    )
+                )
+        elif reply.text and not reply.files:
+            sent.append(
+                await with_retries(
+                    lambda: self.bot.send_message(
+                        chat_id, reply.text, reply_markup=keyboard(reply), protect_content=reply.protect
+                    )
+                )
+            )
+        elif reply.files and reply.text:
+            sent.append(await with_retries(lambda: self.bot.send_message(chat_id, reply.text)))
+        return [str(message.message_id) for message in sent]
+
+    async def edit(self, chat: Chat, message_id: str, reply: Reply) -> None:
+        try:
+            await with_retries(
+                lambda: self.bot.edit_message_text(
+                    reply.text,
+                    chat_id=int(chat.chat_id),
+                    message_id=int(message_id),
+                    reply_markup=keyboard(reply),
+                )
+            )
+        except BadRequest as error:
+            if "not modified" not in str(error).lower():
+                raise
+
+    async def delete(self, chat: Chat, message_id: str) -> bool:
+        try:
+            return bool(
+                await with_retries(lambda: self.bot.delete_message(int(chat.chat_id), int(message_id)))
+            )
+        except (BadRequest, Forbidden):
+            return False  # too old (48 h) or already gone
+
+    async def acknowledge(self, event: Event, text: str = "") -> None:
+        query = getattr(event, "interaction", None)
+        if query is not None:
+            try:
+                await query.answer(text or None)
+            except BadRequest:
+                pass  # query too old: the press still works
+
+
+def to_chat(update: Update) -> Chat:
+    chat, user = update.effective_chat, update.effective_user
+    return Chat("telegram", str(chat.id), str(user.id), chat.type == "private")
+
+
+def incoming(message: Message) -> IncomingPhoto | None:
+    """The photo or image file in a message, not yet downloaded."""
+    if message.photo:
+        item, as_file = message.photo[-1], False
+    elif message.document:
+        item, as_file = message.document, True
+    else:
+        return None
+
+    async def download() -> bytes:
+        file = await with_retries(lambda: item.get_file())
+        return bytes(await file.download_as_bytearray())
+
+    return IncomingPhoto(size=item.file_size, download=download, as_file=as_file)
+
+
+class TelegramFrontend:
+    """Builds the Application, registers the handlers in one place, and runs long polling."""
+
+    def __init__(self, settings: TelegramSettings, conversation: Conversation):
+        api = settings.api_url.rstrip("/")
+        self.app = (
+            ApplicationBuilder()
+            .token(settings.token)
+            .base_url(f"{api}/bot")
+            .base_file_url(f"{api}/file/bot")
+            .rate_limiter(AIORateLimiter(max_retries=3))
+            .concurrent_updates(True)
+            .build()
+        )
+        self.conversation = conversation
+        self.messenger = TelegramMessenger(self.app)
+        conversation.add_messenger(self.messenger)
+        self._albums: dict[str, list[IncomingPhoto]] = {}
+        self._album_tasks: dict[str, asyncio.Task] = {}
+        self.app.add_handler(MessageHandler(filters.COMMAND, self.on_command))
+        self.app.add_handler(CallbackQueryHandler(self.on_button))
+        self.app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, self.on_photo))
+        self.app.add_handler(MessageHandler(filters.TEXT, self.on_text))
+        self.app.add_error_handler(self.on_error)
+
+    async def on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/start, /help, ...: the name without the slash and the @botname suffix."""
+        text = update.effective_message.text or ""
+        name, _, args = text[1:].partition(" ")
+        await self.dispatch(Command(to_chat(update), name.split("@")[0].lower(), args.strip()))
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        message_id = str(query.message.message_id) if query.message else None
+        await self.dispatch(ButtonPress(to_chat(update), query.data or "", message_id, interaction=query))
+
+    async def on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self.dispatch(TextMessage(to_chat(update), update.effective_message.text or ""))
+
+    async def on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A photo or a file; photos of one album are collected and answered once."""
+        message = update.effective_message
+        photo = incoming(message)
+        if photo is None:
+            return
+        chat = to_chat(update)
+        group = message.media_group_id
+        if not group or not chat.private:
+            await self.dispatch(PhotoMessage(chat, (photo,)))
+            return
+        key = f"{chat.chat_id}:{group}"
+        self._albums.setdefault(key, []).append(photo)
+        if key in self._album_tasks:
+            self._album_tasks[key].cancel()
+        self._album_tasks[key] = asyncio.create_task(self._flush_album(key, chat))
+
+    async def _flush_album(self, key: str, chat: Chat) -> None:
+        await asyncio.sleep(ALBUM_WAIT_SECONDS)
+        photos = self._albums.pop(key, [])
+        self._album_tasks.pop(key, None)
+        if photos:
+            await self.dispatch(PhotoMessage(chat, tuple(photos)))
+
+    async def dispatch(self, event: Event) -> None:
+        try:
+            await self.conversation.handle(event)
+        except Exception:
+            log.exception("telegram update failed")
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("telegram error: %s", type(context.error).__name__)
+
+    async def start(self) -> None:
+        await self.app.initialize()
+        await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS.items()])
+        await self.app.start()
+        await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)
+        log.info("telegram front-end polling")
+
+    async def stop(self) -> None:
+        for task in self._album_tasks.values():
+            task.cancel()
+        if self.app.updater.running:
+            await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()

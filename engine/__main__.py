@@ -1,0 +1,114 @@
+"""`python -m engine`: a standalone worker. Also `rotate-master-key` and `verify IMAGE...`.
+
+python -m engine                      run a worker (claims jobs until SIGTERM/Ctrl-C)
+python -m engine rotate-master-key    re-wrap every data key under a new master key
+python -m engine verify IMAGE...      print which AI-generated marks each image carries
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from engine.settings import Settings, SettingsError, load_settings
+from engine.vault import MasterKeyError, VaultError
+
+log = logging.getLogger("engine")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "apscheduler", "telegram", "discord", "PIL", "diffusers", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_worker(settings: Settings) -> None:
+    from engine import retention
+    from engine.facade import Engine
+    from engine.worker import Worker
+
+    engine = await Engine.open(settings)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    worker = Worker(engine)
+    await retention.run_due(engine)
+    task = asyncio.create_task(worker.run())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    worker.stop()
+    await asyncio.gather(task, return_exceptions=True)
+    stopper.cancel()
+    await engine.close()
+    log.info("worker stopped")
+
+
+def rotate_master_key(settings: Settings) -> int:
+    """Re-wrap every data key under a fresh master key; the old key is not needed afterwards."""
+    from engine.vault import KeyStore, encode_master_key, load_or_create_master_key, new_master_key
+
+    old = load_or_create_master_key(settings.master_key, settings.data_dir)
+    new = new_master_key()
+    keys = KeyStore(settings.data_dir / "keys" / "keys.sqlite3", old)
+    count = keys.rotate(new)
+    keys.close()
+    if settings.master_key:
+        print(f"Re-wrapped {count} data keys. Set LIKENESS_MASTER_KEY to this new key before the next start:")
+        print(encode_master_key(new))
+    else:
+        path = settings.data_dir / "master.key"
+        temp = path.with_suffix(".new")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(encode_master_key(new) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        print(
+            f"Re-wrapped {count} data keys; the new master key is in {path}. Back it up; the old one is void."
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "verify":
+        from engine.provenance import verify_main
+
+        return verify_main(argv[1:])
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"likeness: {error}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        if argv and argv[0] == "rotate-master-key":
+            return rotate_master_key(settings)
+        if argv and argv[0] not in {"worker"}:
+            print(__doc__, file=sys.stderr)
+            return 2
+        asyncio.run(run_worker(settings))
+    except (MasterKeyError, VaultError) as error:
+        print(f"likeness: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a model that cannot be loaded, etc.: one clear line
+        from engine.ml.pipeline import ModelLoadError
+
+        if isinstance(error, ModelLoadError):
+            print(f"likeness: {error}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The engine's front door: the only way the bot reads or writes personal data.
+
+Everything here takes a pseudonymous user id (`Engine.pseudonym`), never a platform id. Photos, adapters,
+portraits and delivery addresses are sealed by the vault; rows carry deadlines (see `retention`).
+This module never imports torch: the bot can use it without loading the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import retention
+from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
+from engine.presets import Preset, load_presets
+from engine.queue import Job, JobQueue, QueuePosition
+from engine.settings import Settings
+from engine.store import Clock, Store, new_id
+from engine.vault import Pseudonymizer, Vault, load_or_create_master_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    outcome: Accepted | Rejected
+    count: int  # photos stored for the user after this one
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox entry: what to send to whom. `chat` is the sealed address, opened."""
+
+    id: str
+    user_id: str
+    job_id: str
+    kind: str  # trained | portraits | failed
+    chat: dict[str, Any]
+    preset: str | None = None
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    receipt_id: str
+    at: float
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class UserStatus:
+    consented: bool
+    photos: int
+    photo_deadline: float | None
+    has_model: bool
+    model_deadline: float | None
+    outputs: int
+    output_deadline: float | None
+    jobs: list[tuple[Job, QueuePosition]]
+    model_retention: float
+    message_retention: float
+
+
+class Engine:
+    """Consent log, photo intake, jobs, status, export and forget, over the vault and the store."""
+
+    def __init__(self, settings: Settings, store: Store, vault: Vault, presets: dict[str, Preset]):
+        self.settings = settings
+        self.store = store
+        self.vault = vault
+        self.presets = presets
+        self.pseudonyms = Pseudonymizer(vault)
+        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts)
+        self.limits = IntakeLimits(
+            max_bytes=settings.upload.max_mb * 1024 * 1024,
+            max_pixels=settings.upload.max_pixels,
+            min_side=settings.upload.min_side,
+        )
+        self._user_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    async def open(cls, settings: Settings, clock: Clock | None = None) -> Engine:
+        data_dir = settings.data_dir
+        master = load_or_create_master_key(settings.master_key, data_dir)
+        vault = Vault(data_dir, master)
+        store = await Store.open(data_dir / "likeness.sqlite3", clock)
+        return cls(settings, store, vault, load_presets(settings.engine.presets_path))
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.vault.close()
+
+    @property
+    def clock(self) -> Clock:
+        return self.store.clock
+
+    def pseudonym(self, platform: str, platform_user_id: str | int) -> str:
+        return self.pseudonyms.user(platform, platform_user_id)
+
+    def user_lock(self, user_id: str) -> asyncio.Lock:
+        """Serialises one user's uploads and erasure inside this process."""
+        return self._user_locks.setdefault(user_id, asyncio.Lock())
+
+    # -- users and consent ----------------------------------------------------------------------------
+    async def touch_user(self, user_id: str, platform: str, chat: dict[str, Any] | None = None) -> None:
+        """Make sure the user row exists; store the (sealed) delivery address when given."""
+        sealed = self.vault.seal(user_id, "chat", user_id, json.dumps(chat).encode()) if chat else None
+        await self.store.ensure_user(user_id, platform, sealed)
+
+    async def chat_of(self, user_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetchone("SELECT chat FROM users WHERE id=?", (user_id,))
+        if not row or row["chat"] is None:
+            return None
+        return json.loads(self.vault.open(user_id, "chat", user_id, row["chat"]))
+
+    async def consent(self, user_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetchone(
+            "SELECT policy_version, attested, given_at FROM consents WHERE user_id=? AND withdrawn_at IS NULL "
+            "ORDER BY given_at DESC LIMIT 1",
+            (user_id,),
+        )
+        return dict(row) if row else None
+
+    async def has_consent(self, user_id: str, policy_version: str) -> bool:
+        current = await self.consent(user_id)
+        return bool(current and current["policy_version"] == policy_version)
+
+    async def give_consent(
+        self, user_id: str, platform: str, chat: dict[str, Any], policy_version: str, attested: str
+    ) -> None:
+        await self.touch_user(user_id, platform, chat)
+        now = self.clock.now()
+        async with self.store.transaction():
+            await self.store.execute(
+                "UPDATE consents SET withdrawn_at=? WHERE user_id=? AND withdrawn_at IS NULL", (now, user_id)
+            )
+            await self.store.execute(
+                "INSERT INTO consents(id, user_id, policy_version, attested, given_at) VALUES (?,?,?,?,?)",
+                (new_id(), user_id, policy_version, attested, now),
+            )
+        await self.store.audit("consent_given", policy_version=policy_version)
+
+    # -- photos ---------------------------------------------------------------------------------------
+    def check_size(self, size: int | None) -> Rejected | None:
+        return check_reported_size(size, self.limits)
+
+    async def photo_count(self, user_id: str) -> int:
+        row = await self.store.fetchone("SELECT COUNT(*) AS n FROM photos WHERE user_id=?", (user_id,))
+        return row["n"]
+
+    async def add_photo(self, user_id: str, data: bytes) -> PhotoResult:
+        """Check one photo and, if accepted, store its sealed face crop with a deadline."""
+        async with self.user_lock(user_id):
+            count = await self.photo_count(user_id)
+            if count >= self.settings.upload.max_photos:
+                return PhotoResult(
+                    Rejected("too_many_photos", {"max": self.settings.upload.max_photos}), count
+                )
+            previous = [
+                Fingerprint.from_bytes(self.vault.open(user_id, "fingerprint", row["id"], row["fingerprint"]))
+                for row in await self.store.fetchall(
+                    "SELECT id, fingerprint FROM photos WHERE user_id=?", (user_id,)
+                )
+            ]
+            outcome = await asyncio.to_thread(process_photo, data, self.limits, previous)
+            if isinstance(outcome, Rejected):
+                return PhotoResult(outcome, count)
+            photo_id = new_id()
+            await asyncio.to_thread(self.vault.put, user_id, "photo", photo_id, outcome.image)
+            sealed = self.vault.seal(user_id, "fingerprint", photo_id, outcome.fingerprint.to_bytes())
+            now = self.clock.now()
+            async with self.store.transaction():
+                await self.store.execute(
+                    "INSERT INTO photos(id, user_id, fingerprint, width, height, created_at) VALUES (?,?,?,?,?,?)",
+                    (photo_id, user_id, sealed, outcome.width, outcome.height, now),
+                )
+                await retention.set_deadline(
+                    self.store, user_id, "photo", photo_id, now + self.settings.retention.photos
+                )
+            return PhotoResult(outcome, count + 1)
+
+    async def photos(self, user_id: str) -> list[tuple[str, bytes]]:
+        rows = await self.store.fetchall(
+            "SELECT id FROM photos WHERE user_id=? ORDER BY created_at", (user_id,)
+        )
+        return [(row["id"], self.vault.get(user_id, "photo", row["id"])) for row in rows]
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    async def adapter(self, user_id: str) -> Any | None:
+        return await self.store.fetchone(
+            "SELECT * FROM adapters WHERE user_id=? ORDER BY created_at DESC LIMIT 1", (user_id,)
+        )
+
+    async def start_training(self, user_id: str) -> str:
+        """Queue a training job (one at a time); returns its id. Raises ValueError with a reason code."""
+        if await self.photo_count(user_id) < self.settings.upload.min_photos:
+            raise ValueError("not_enough_photos")
+        if any(job.kind == "train" for job in await self.queue.active_jobs(user_id)):
+            raise ValueError("already_training")
+        job_id = await self.queue.enqueue(user_id, "train", {})
+        await retention.set_deadline(
+            self.store, user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
+        )
+        return job_id
+
+    async def request_portraits(self, user_id: str, preset_key: str) -> str:
+        """Queue a generation job for a known preset; raises ValueError('no_model' | 'unknown_style')."""
+        if preset_key not in self.presets:
+            raise ValueError("unknown_style")
+        if await self.adapter(user_id) is None and not any(
+            job.kind == "train" for job in await self.queue.active_jobs(user_id)
+        ):
+            raise ValueError("no_model")
+        job_id = await self.queue.enqueue(
+            user_id, "generate", {"preset": preset_key, "count": self.settings.engine.images_per_request}
+        )
+        await retention.set_deadline(
+            self.store, user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
+        )
+        return job_id
+
+    async def job(self, user_id: str, job_id: str) -> Job | None:
+        """The job if it belongs to this user (authorisation by owner), else None."""
+        job = await self.queue.get(job_id)
+        return job if job and job.user_id == user_id else None
+
+    async def cancel_jobs(self, user_id: str) -> int:
+        return await self.queue.cancel_user(user_id)
+
+    # -- outbox ---------------------------------------------------------------------------------------
+    async def pending_deliveries(self, platform: str) -> list[Delivery]:
+        rows = await self.store.fetchall(
+            "SELECT d.*, u.platform FROM deliveries d JOIN users u ON u.id = d.user_id "
+            "WHERE d.state='pending' AND u.platform=? ORDER BY d.created_at",
+            (platform,),
+        )
+        deliveries = []
+        for row in rows:
+            chat = await self.chat_of(row["user_id"])
+            if chat is None:
+                continue
+            job = await self.queue.get(row["job_id"])
+            images: list[tuple[str, bytes]] = []
+            preset = job.payload.get("preset") if job else None
+            if row["kind"] == "portraits":
+                outputs = await self.store.fetchall(
+                    "SELECT id FROM outputs WHERE job_id=? ORDER BY position", (row["job_id"],)
+                )
+                images = [(o["id"], self.vault.get(row["user_id"], "output", o["id"])) for o in outputs]
+            deliveries.append(
+                Delivery(
+                    row["id"],
+                    row["user_id"],
+                    row["job_id"],
+                    row["kind"],
+                    chat,
+                    preset,
+                    images,
+                    job.error if job else None,
+                )
+            )
+        return deliveries
+
+    async def delivered(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
+        """Record a completed send: message ids (for deletion), outputs gone once delivered."""
+        now = self.clock.now()
+        message_retention = await self.message_retention(delivery.user_id, platform)
+        async with self.store.transaction():
+            await self.store.execute(
+                "UPDATE deliveries SET state='sent', sent_at=?, attempts=attempts+1 WHERE id=?",
+                (now, delivery.id),
+            )
+            for message_id in message_ids:
+                row_id = new_id()
+                await self.store.execute(
+                    "INSERT INTO sent_messages(id, user_id, message_id, job_id, kind, sent_at) VALUES (?,?,?,?,?,?)",
+                    (row_id, delivery.user_id, message_id, delivery.job_id, "result", now),
+                )
+                if delivery.kind == "portraits" and message_retention > 0:
+                    await retention.set_deadline(
+                        self.store, delivery.user_id, "message", row_id, now + message_retention
+                    )
+        for output_id, _ in delivery.images:
+            await retention.expire(self, "output", delivery.user_id, output_id)
+
+    async def record_message(
+        self, user_id: str, message_id: str, kind: str, job_id: str | None = None
+    ) -> None:
+        await self.store.execute(
+            "INSERT INTO sent_messages(id, user_id, message_id, job_id, kind, sent_at) VALUES (?,?,?,?,?,?)",
+            (new_id(), user_id, message_id, job_id, kind, self.clock.now()),
+        )
+
+    async def progress_message(self, job_id: str) -> str | None:
+        row = await self.store.fetchone(
+            "SELECT message_id FROM sent_messages WHERE job_id=? AND kind='progress'", (job_id,)
+        )
+        return row["message_id"] if row else None
+
+    async def messages(self, user_id: str) -> list[str]:
+        rows = await self.store.fetchall("SELECT message_id FROM sent_messages WHERE user_id=?", (user_id,))
+        return [row["message_id"] for row in rows]
+
+    # -- retention choices ----------------------------------------------------------------------------
+    async def model_retention(self, user_id: str) -> float:
+        user = await self.store.user(user_id)
+        cap = self.settings.retention.model
+        return min(cap, user["model_retention"]) if user and user["model_retention"] is not None else cap
+
+    async def message_retention(self, user_id: str, platform: str) -> float:
+        user = await self.store.user(user_id)
+        chosen = user["message_retention"] if user and user["message_retention"] is not None else None
+        value = self.settings.retention.messages if chosen is None else chosen
+        return min(value, retention.message_cap(platform)) if value > 0 else 0.0
+
+    async def set_model_retention(self, user_id: str, seconds: float) -> None:
+        """A user's own choice, capped by the operator; applies at once to the current model."""
+        seconds = min(seconds, self.settings.retention.model)
+        await self.store.execute("UPDATE users SET model_retention=? WHERE id=?", (seconds, user_id))
+        adapter = await self.adapter(user_id)
+        if adapter:
+            await retention.set_deadline(
+                self.store, user_id, "adapter", adapter["id"], adapter["last_used_at"] + seconds
+            )
+
+    async def set_message_retention(self, user_id: str, seconds: float, platform: str) -> None:
+        await self.store.execute("UPDATE users SET message_retention=? WHERE id=?", (seconds, user_id))
+        effective = await self.message_retention(user_id, platform)
+        rows = await self.store.fetchall(
+            "SELECT id, sent_at FROM sent_messages WHERE user_id=? AND kind='result'", (user_id,)
+        )
+        for row in rows:
+            if effective > 0:
+                await retention.set_deadline(
+                    self.store, user_id, "message", row["id"], row["sent_at"] + effective
+                )
+            else:
+                await retention.clear_deadline(self.store, "message", row["id"])
+
+    # -- status, export, forget -----------------------------------------------------------------------
+    async def status(self, user_id: str, platform: str, policy_version: str) -> UserStatus:
+        async def deadline(kind: str) -> float | None:
+            row = await self.store.fetchone(
+                "SELECT MIN(due_at) AS due FROM deadlines WHERE user_id=? AND kind=?", (user_id, kind)
+            )
+            return row["due"] if row else None
+
+        outputs = await self.store.fetchone("SELECT COUNT(*) AS n FROM outputs WHERE user_id=?", (user_id,))
+        jobs = [(job, await self.queue.position(job)) for job in await self.queue.active_jobs(user_id)]
+        return UserStatus(
+            consented=await self.has_consent(user_id, policy_version),
+            photos=await self.photo_count(user_id),
+            photo_deadline=await deadline("photo"),
+            has_model=await self.adapter(user_id) is not None,
+            model_deadline=await deadline("adapter"),
+            outputs=outputs["n"],
+            output_deadline=await deadline("output"),
+            jobs=jobs,
+            model_retention=await self.model_retention(user_id),
+            message_retention=await self.message_retention(user_id, platform),
+        )
+
+    async def export(self, user_id: str) -> tuple[bytes, bytes]:
+        """Everything stored about the user: a JSON summary and a zip of their photos and portraits.
+        Both are built in memory only."""
+        summary: dict[str, Any] = {"user": "you (stored under a pseudonym)", "consents": [], "photos": []}
+        user = await self.store.user(user_id)
+        if user:
+            summary["created_at"] = user["created_at"]
+            summary["model_retention_seconds"] = await self.model_retention(user_id)
+        for table, columns in (
+            ("consents", "policy_version, attested, given_at, withdrawn_at"),
+            ("photos", "id, width, height, created_at"),
+            ("adapters", "id, created_at, last_used_at, losses"),
+            ("outputs", "id, preset, created_at, delivered_at"),
+            ("jobs", "id, kind, state, progress, stage, error, created_at, finished_at"),
+            ("deadlines", "kind, ref_id, due_at"),
+            ("sent_messages", "kind, sent_at"),
+        ):
+            rows = await self.store.fetchall(f"SELECT {columns} FROM {table} WHERE user_id=?", (user_id,))
+            summary[table] = [dict(row) for row in rows]
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+            for photo in summary["photos"]:
+                zipped.writestr(f"photos/{photo['id']}.png", self.vault.get(user_id, "photo", photo["id"]))
+            for output in summary["outputs"]:
+                zipped.writestr(
+                    f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
+                )
+        await self.store.audit("export")
+        return json.dumps(summary, indent=2, default=str).encode(), archive.getvalue()
+
+    async def forget(self, user_id: str) -> Receipt:
+        """Erase the user: cancel jobs, shred the data key, delete blobs and rows, checkpoint.
+        Idempotent: a second call erases nothing and still returns a receipt."""
+        async with self.user_lock(user_id):
+            await self.queue.cancel_user(user_id)
+            counts = {
+                "photos": await self.photo_count(user_id),
+                "models": len(
+                    await self.store.fetchall("SELECT id FROM adapters WHERE user_id=?", (user_id,))
+                ),
+                "portraits": len(
+                    await self.store.fetchall("SELECT id FROM outputs WHERE user_id=?", (user_id,))
+                ),
+                "jobs": len(await self.store.fetchall("SELECT id FROM jobs WHERE user_id=?", (user_id,))),
+            }
+            counts["files"] = await asyncio.to_thread(self.vault.erase_owner, user_id)
+            rows = await self.store.erase_user(user_id)
+            counts["consent records"] = rows["consents"]
+            counts["records"] = sum(rows.values())
+            receipt = Receipt(
+                receipt_id=hashlib.sha256(new_id().encode()).hexdigest()[:12].upper(),
+                at=self.clock.now(),
+                counts=counts,
+            )
+            await self.store.audit(
+                "erasure", receipt=receipt.receipt_id, **{k.replace(" ", "_"): v for k, v in counts.items()}
+            )
+            await self.store.checkpoint()
+            self._user_locks.pop(user_id, None)
+            return receipt
