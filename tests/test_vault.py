@@ -287,6 +287,7 @@ def test_rotation_rewraps_every_key(data_dir: Path, master_key: bytes, vault: Va
     new_key = new_master_key()
     assert vault.keys.rotate(new_key) == 4  # three owners + the pseudonym secret
     assert wrapped_key(data_dir, OWNER) != wrapped_before
+    assert wrapped_before not in (data_dir / "keys" / "keys.sqlite3").read_bytes()  # no stale copy left
     assert vault.get(OWNER, "photo", "b0") == blobs[(OWNER, "b0")]  # the open vault keeps working
     vault.close()
 
