@@ -45,7 +45,7 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact form of a duration for people: 90 -> '90s', 86400 -> '1 day'."""
+    """The shortest exact form of a duration for people: 90 -> '90 seconds', 86400 -> '1 day'."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size and seconds % size == 0:
             count = int(seconds // size)
@@ -144,6 +144,8 @@ def _convert(kind: Any, value: Any, name: str) -> Any:
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(f"expected a whole number, got {value!r}")
+            if isinstance(value, float):
+                return int(value)  # a whole TOML float such as 20.0
             try:
                 return int(str(value).strip())
             except ValueError:
@@ -169,6 +171,8 @@ def _env_name(section: str | None, key: str) -> str:
 
 
 def _build(cls: type, table: dict[str, Any], env: dict[str, str], section: str | None) -> Any:
+    if not isinstance(table, dict):
+        raise SettingsError(f"setting {section}: expected a [{section}] table")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)

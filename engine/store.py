@@ -191,7 +191,11 @@ class Store:
         ):
             await db.execute(pragma)
         store = cls(db, clock or Clock())
-        await store.migrate()
+        try:
+            await store.migrate()
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
