@@ -219,3 +219,126 @@ async def test_garbage_callback_data_expires_and_changes_nothing(world: World) -
     bob = world.app.engine.pseudonym("telegram", BOB)
     assert await world.app.engine.store.user(bob) is None
     assert [m.text for m in world.fake.messages(BOB)] == [world.garbage_reply.text]
+
+
+# -- 6. a restart with a delivery in the outbox ---------------------------------------------------------
+async def test_a_delivery_pending_at_restart_is_sent_exactly_once(world: World) -> None:
+    fake, alice, engine = world.fake, world.alice, world.app.engine
+    user_id = engine.pseudonym("telegram", ALICE)
+    before = len(documents(fake, ALICE))
+    alice.block()  # every send to Alice now fails: the portraits stay in the outbox
+    await alice.press(world.trained, button_data(world.trained, "style:")[-1])
+    await fake.wait_for(lambda f: any(e[0] == "sendMediaGroup" and e[1] == 403 for e in f.errors), SLOW)
+    assert len(await engine.pending_deliveries("telegram")) == 1
+    await world.app.stop()
+    alice.unblock()
+
+    world.app = await App.create(world.settings, models=world.app.worker.models)
+    await world.app.start()
+    engine = world.app.engine
+    await fake.wait_for(lambda f: len(documents(f, ALICE)) > before, SLOW)
+    await fake.wait_for_message(ALICE, "⬆️", after=world.again.message_id)
+    assert await engine.pending_deliveries("telegram") == []
+    assert await deliver_pending(world.app.conversation, "telegram") == 0  # nothing left to resend
+
+    new = documents(fake, ALICE)[before:]
+    assert len(new) == world.settings.engine.images_per_request
+    assert len({m.media_group_id for m in new}) == 1  # one successful sendMediaGroup
+    recorded = set(await engine.messages(user_id))
+    assert {str(m.message_id) for m in documents(fake, ALICE)} <= recorded  # for /forget
+
+
+# -- 2, 3. photos are never downloaded without consent or outside a private chat -------------------------
+async def test_a_photo_in_a_group_is_never_downloaded(world: World) -> None:
+    fake = world.fake
+    group = fake.group(-5001)
+    photo = await group.send_photo(world.alice, same_person_photos()[0])  # Alice has consented
+    reply = await fake.wait_for_message(group.id, "private chat")
+    assert reply.text == "I never handle photos in groups. Talk to me in a private chat to make portraits."
+    assert_never_fetched(fake, photo)
+
+
+async def test_a_photo_before_consent_is_not_downloaded_and_consent_is_asked(world: World) -> None:
+    fake, dave = world.fake, world.fake.user(1004)
+    photo = await dave.send_photo(same_person_photos()[0])
+    reply = await fake.wait_for_message(dave.id, "I need your consent")
+    assert "I have not downloaded this one" in reply.text
+    assert button_data(reply, "consent:") == ["consent:yes", "consent:no"]
+    assert_never_fetched(fake, photo)
+
+
+def assert_never_fetched(fake: FakeTelegram, message: SentMessage) -> None:
+    files = [size["file_id"] for size in message.photo_sizes or []]
+    files += [message.document_json["file_id"]] if message.document_json else []
+    asked = {call.get("file_id") for call in fake.calls_to("getFile")}
+    assert files and not asked & set(files)
+    assert not {fake.file(file_id).file_path for file_id in files} & set(fake.downloads)
+
+
+# -- 4. bad files ---------------------------------------------------------------------------------------
+async def test_bad_files_are_refused_with_a_reason_and_not_counted(world: World) -> None:
+    fake, erin = world.fake, world.fake.user(1005)
+    await onboard(fake, erin)
+    engine, user_id = world.app.engine, world.app.engine.pseudonym("telegram", erin.id)
+
+    await erin.send_document(b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n", "me.jpg", "image/jpeg")
+    reply = await fake.wait_for_message(erin.id, "Photo 1")
+    assert "❌ Photo 1: This is not a supported image." in reply.text
+    assert "0 of at least 3" in reply.text
+
+    huge = await erin.send_document(b"\xff\xd8\xff" + bytes(21 * 1024 * 1024), "big.jpg", "image/jpeg")
+    reply = await fake.wait_for_message(erin.id, "Photo 1", after=reply.message_id)
+    assert "The file is too big (limit 20 MB)." in reply.text
+    assert "0 of at least 3" in reply.text
+    assert_never_fetched(fake, huge)
+
+    await erin.send_photo(fd.encode(fd.coffee(), quality=90))
+    reply = await fake.wait_for_message(erin.id, "Photo 1", after=reply.message_id)
+    assert "I could not find a face." in reply.text
+    assert "0 of at least 3" in reply.text
+    assert await engine.photo_count(user_id) == 0
+
+
+# -- 7. flood control -----------------------------------------------------------------------------------
+async def test_a_429_on_send_message_is_retried_and_the_reply_arrives(world: World) -> None:
+    fake, frank = world.fake, world.fake.user(1006)
+    fake.fail_next("sendMessage", status=429, retry_after=1)
+    await frank.send_text("/help")
+    reply = await fake.wait_for_message(frank.id, "Commands:")
+    assert ("sendMessage", 429) in fake.rejected
+    help_calls = [c for c in fake.calls_to("sendMessage") if c["chat_id"] == frank.id]
+    assert len(help_calls) == 2  # the refused one, then the retry
+    assert [m.message_id for m in fake.messages(frank.id)] == [reply.message_id]
+
+
+# -- 8. commands and /forget ----------------------------------------------------------------------------
+async def test_status_help_and_privacy_answer(world: World) -> None:
+    fake, alice = world.fake, world.alice
+    await alice.send_text("/status")
+    status = await fake.wait_for_message(ALICE, "What is stored about you")
+    assert "• Consent: given" in status.text
+    assert "• Photos: none" in status.text  # deleted once the model was trained
+    assert "• Model: 1 model, deleted " in status.text
+    assert "• Portraits waiting to be sent: none" in status.text  # deleted once delivered
+    await alice.send_text("/help")
+    assert "/forget" in (await fake.wait_for_message(ALICE, "Commands:")).text
+    await alice.send_text("/privacy")
+    privacy = await fake.wait_for_message(ALICE, "Privacy policy (version")
+    assert "AES-256-GCM" in privacy.text
+
+
+async def test_forget_deletes_everything_and_the_delivered_messages(world: World) -> None:
+    fake, alice, engine = world.fake, world.alice, world.app.engine
+    user_id = engine.pseudonym("telegram", ALICE)
+    delivered = {(ALICE, m.message_id) for m in documents(fake, ALICE)}
+    assert delivered
+    await alice.send_text("/forget")
+    confirm = await fake.wait_for_message(ALICE, "Continue?")
+    await alice.press(confirm, "forget:yes")
+    receipt = await fake.wait_for_message(ALICE, "Everything is deleted")
+    assert "Receipt " in receipt.text
+    assert delivered <= fake.deleted
+    assert documents(fake, ALICE) == []
+    assert (ALICE, world.queued.message_id) in fake.deleted  # the progress message too
+    assert await engine.store.user(user_id) is None
+    assert await engine.messages(user_id) == []
