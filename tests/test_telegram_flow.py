@@ -221,18 +221,25 @@ async def test_garbage_callback_data_expires_and_changes_nothing(world: World) -
     assert [m.text for m in world.fake.messages(BOB)] == [world.garbage_reply.text]
 
 
-# -- 6. a restart with a delivery in the outbox ---------------------------------------------------------
-async def test_a_delivery_pending_at_restart_is_sent_exactly_once(world: World) -> None:
+# -- 6. a blocked user and a restart with a delivery in the outbox --------------------------------------
+async def test_a_pending_delivery_survives_a_block_and_a_restart_and_is_sent_once(world: World) -> None:
     fake, alice, engine = world.fake, world.alice, world.app.engine
     user_id = engine.pseudonym("telegram", ALICE)
     before = len(documents(fake, ALICE))
-    alice.block()  # every send to Alice now fails: the portraits stay in the outbox
+    alice.block()  # every send to Alice now fails: her portraits stay in the outbox
     await alice.press(world.trained, button_data(world.trained, "style:")[-1])
     await fake.wait_for(lambda f: any(e[0] == "sendMediaGroup" and e[1] == 403 for e in f.errors), SLOW)
     assert len(await engine.pending_deliveries("telegram")) == 1
+
+    # Alice's stuck delivery must not hold up anyone else's.
+    henry = fake.user(1007)
+    await onboard(fake, henry)
+    await henry.send_album(same_person_photos())
+    await henry.press(await fake.wait_for_message(henry.id, "photos so far"), "train")
+    await fake.wait_for_message(henry.id, "model is ready", timeout=SLOW)
+
     await world.app.stop()
     alice.unblock()
-
     world.app = await App.create(world.settings, models=world.app.worker.models)
     await world.app.start()
     engine = world.app.engine
