@@ -347,5 +347,6 @@ async def test_forget_deletes_everything_and_the_delivered_messages(world: World
     assert delivered <= fake.deleted
     assert documents(fake, ALICE) == []
     assert (ALICE, world.queued.message_id) in fake.deleted  # the progress message too
+    assert f"• chat messages: {sum(chat == ALICE for chat, _ in fake.deleted)}" in receipt.text
     assert await engine.store.user(user_id) is None
     assert await engine.messages(user_id) == []
