@@ -42,7 +42,9 @@ class App:
         clock: Clock | None = None,
         console: Any = None,
         with_worker: bool | None = None,
+        models: Any = None,
     ) -> App:
+        """`models`: an already loaded `engine.worker.Models` for the embedded worker (tests share one)."""
         engine = await Engine.open(settings, clock)
         conversation = Conversation(engine, Texts(settings))
         app = cls(settings, engine, conversation)
@@ -67,7 +69,7 @@ class App:
         if settings.engine.embedded_worker if with_worker is None else with_worker:
             from engine.worker import Worker
 
-            app.worker = Worker(engine)
+            app.worker = Worker(engine, models=models)
         return app
 
     async def delete_message(self, user_id: str, row_id: str) -> bool:

@@ -49,25 +49,37 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
 
 
 async def deliver_pending(conversation: Conversation, platform: str) -> int:
-    """Send every pending delivery for `platform` once; returns how many were sent."""
-    engine = conversation.engine
-    messenger = conversation.messengers[platform]
+    """Send every pending delivery for `platform` once; returns how many were sent.
+
+    A delivery that cannot be sent (the user blocked the bot, the platform is down) stays in the outbox
+    for the next round and does not hold up the ones behind it.
+    """
     sent = 0
-    for delivery in await engine.pending_deliveries(platform):
-        chat = Chat(platform, delivery.chat["chat_id"], delivery.chat["user_id"], True)
-        progress_id = await engine.progress_message(delivery.job_id)
-        if progress_id:
-            done = conversation.progress_text("done", 1.0) if delivery.kind != "failed" else "—"
-            try:
-                await messenger.edit(chat, progress_id, Reply(done))
-            except Exception:
-                log.warning("the progress message could not be edited")
-        message_ids: list[str] = []
-        for reply in delivery_replies(conversation, delivery):
-            message_ids += await messenger.send(chat, reply)
-        await engine.delivered(delivery, message_ids, platform)
+    for delivery in await conversation.engine.pending_deliveries(platform):
+        try:
+            await deliver(conversation, platform, delivery)
+        except Exception as error:
+            log.warning("a delivery failed (%s); it stays in the outbox", type(error).__name__)
+            continue
         sent += 1
     return sent
+
+
+async def deliver(conversation: Conversation, platform: str, delivery: Delivery) -> None:
+    engine = conversation.engine
+    messenger = conversation.messengers[platform]
+    chat = Chat(platform, delivery.chat["chat_id"], delivery.chat["user_id"], True)
+    progress_id = await engine.progress_message(delivery.job_id)
+    if progress_id:
+        done = conversation.progress_text("done", 1.0) if delivery.kind != "failed" else "—"
+        try:
+            await messenger.edit(chat, progress_id, Reply(done))
+        except Exception:
+            log.warning("the progress message could not be edited")
+    message_ids: list[str] = []
+    for reply in delivery_replies(conversation, delivery):
+        message_ids += await messenger.send(chat, reply)
+    await engine.delivered(delivery, message_ids, platform)
 
 
 async def run_deliveries(
