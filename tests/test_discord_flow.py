@@ -232,8 +232,9 @@ async def test_commands_synced_once_and_buttons_survive_a_restart(fake: FakeDisc
     settings = make_settings(tmp_path, fake)
     async with running(settings):
         alex = fake.user(1001)
-        await alex.slash("start")
+        start = await alex.slash("start")
         policy = (await fake.wait_for(lambda: dm_with(fake, alex, button="consent:yes")))[-1]
+        await fake.wait_for(lambda: len(start.responses) == 2)  # answered before the bot stops
     assert sorted(fake.commands) == sorted(COMMANDS)
     assert fake.commands["forget"]["contexts"] == [0, 1, 2]  # servers, DMs with the bot, private channels
     async with running(settings):
