@@ -21,6 +21,7 @@ from bot.flow import COMMANDS
 from engine.settings import Settings, load_settings
 from tests import faces_data as fd
 from tests.fake_discord import FakeDiscord, FakeDiscordUser, FakeMessage
+from tests.fake_telegram import FakeTelegram
 
 JPEG = "image/jpeg"
 T = TypeVar("T")
@@ -48,11 +49,12 @@ def photos() -> list[tuple[str, bytes, str]]:
     return [(f"me-{n}.jpg", fd.encode(image, quality=90), JPEG) for n, image in enumerate(images)]
 
 
-def make_settings(data_dir: Path, fake: FakeDiscord) -> Settings:
+def make_settings(data_dir: Path, fake: FakeDiscord, telegram: FakeTelegram | None = None) -> Settings:
     env = dict(
         os.environ,
         LIKENESS_DATA_DIR=str(data_dir),
-        LIKENESS_TELEGRAM_TOKEN="",
+        LIKENESS_TELEGRAM_TOKEN=telegram.token if telegram else "",
+        LIKENESS_TELEGRAM_API_URL=telegram.base_url if telegram else "https://api.telegram.org",
         LIKENESS_DISCORD_TOKEN=fake.token,
         LIKENESS_DISCORD_API_URL=fake.api_url,
         LIKENESS_ENGINE_MODEL="tiny",
@@ -243,3 +245,16 @@ async def test_commands_synced_once_and_buttons_survive_a_restart(fake: FakeDisc
         await fake.wait_for(lambda: dm_with(fake, alex, text="Thank you!"))
     assert fake.command_syncs == 1
     assert (tmp_path / "discord-commands.sha").exists()
+
+
+async def test_telegram_and_discord_in_one_process(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with FakeTelegram() as telegram, running(make_settings(tmp_path, fake, telegram)) as app:
+        assert sorted(app.conversation.messengers) == ["discord", "telegram"]
+        sam, alex = telegram.user(2002, "Sam"), fake.user(1001)
+        await sam.send_text("/start")
+        await alex.slash("start")
+        await telegram.wait_for_message(2002, "Do you agree?")
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Do you agree?"))
+        await consent(fake, alex)
+        users = await app.engine.store.fetchall("SELECT platform FROM users")
+        assert [row["platform"] for row in users] == ["discord"]  # one engine; Sam has not agreed yet
