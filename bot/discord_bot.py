@@ -91,7 +91,7 @@ def views(buttons: tuple[tuple[Button, ...], ...]) -> list[discord.ui.View]:
         for index, row in enumerate(rows[start : start + MAX_ROWS]):
             for button in row:
                 view.add_item(
-                    discord.ui.Button(label=button.label[:MAX_LABEL], custom_id=button.data[:100], row=index)
+                    discord.ui.Button(label=button.label[:MAX_LABEL], custom_id=button.data, row=index)
                 )
         view.stop()
         result.append(view)
@@ -176,6 +176,13 @@ class DiscordMessenger:
         interaction = getattr(event, "interaction", None)
         if text and isinstance(interaction, discord.Interaction):
             await interaction.followup.send(text, ephemeral=True)
+
+
+def in_bot_dm(interaction: discord.Interaction) -> bool:
+    """The interaction happened in the user's DM with the bot (not a server, not a group DM)."""
+    if interaction.context.dm_channel:
+        return True
+    return interaction.guild_id is None and isinstance(interaction.channel, discord.DMChannel)
 
 
 def dm_chat(channel_id: int, user_id: int) -> Chat:
@@ -265,18 +272,16 @@ class DiscordFrontend:
     async def on_command(self, interaction: discord.Interaction, name: str) -> None:
         """Acknowledge at once (privately), then run the command in the user's DM."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        in_dm = interaction.context.dm_channel
+        in_dm = in_bot_dm(interaction)
         try:
             channel_id = interaction.channel_id if in_dm else (await interaction.user.create_dm()).id
             await self.conversation.handle(Command(dm_chat(channel_id, interaction.user.id), name))
-        except discord.Forbidden as error:
-            if not is_dms_closed(error):
-                raise
-            await interaction.edit_original_response(content=self.texts["dms_closed"])
-            return
-        except Exception:
-            log.exception("discord command failed")
-            await interaction.delete_original_response()
+        except Exception as error:
+            if is_dms_closed(error):
+                await interaction.edit_original_response(content=self.texts["dms_closed"])
+            else:
+                log.exception("discord command failed")
+                await interaction.delete_original_response()
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
@@ -292,7 +297,7 @@ class DiscordFrontend:
             "discord",
             str(interaction.channel_id),
             str(interaction.user.id),
-            interaction.context.dm_channel,
+            in_bot_dm(interaction),
         )
         message_id = str(interaction.message.id) if interaction.message else None
         await self.dispatch(ButtonPress(chat, str(data), message_id, interaction=interaction))
@@ -334,7 +339,7 @@ class DiscordFrontend:
     async def stop(self) -> None:
         await self.client.close()
         if self._task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            with contextlib.suppress(Exception):
                 await self._task
 
 
