@@ -16,7 +16,7 @@ from discord.gateway import DiscordWebSocket
 from PIL import Image
 
 from bot.app import App
-from bot.discord_bot import DiscordFrontend
+from bot.discord_bot import DiscordFrontend, split_text
 from bot.flow import COMMANDS
 from engine.settings import Settings, load_settings
 from tests import faces_data as fd
@@ -171,6 +171,19 @@ async def test_guild_command_hands_off_to_dm(fake: FakeDiscord, tmp_path: Path) 
         policy = dm_with(fake, alex, button="consent:yes")
         assert len(policy) == 1 and "Do you agree?" in policy[0].content
 
+        privacy = await alex.slash("privacy", in_guild=True)
+        await fake.wait_for(lambda: len(privacy.responses) == 2)  # handed off once the DM is sent
+        policy_text = fake.dm_messages(alex.id)[-1].content
+        assert policy_text.startswith("Privacy policy") and "marked as AI-generated" in policy_text
+
+
+def test_long_texts_are_split_at_line_breaks() -> None:
+    lines = [f"line {n:04d} " + "x" * 90 for n in range(60)]  # 6000 characters
+    pieces = split_text("\n".join(lines))
+    assert [len(p) <= 2000 for p in pieces] == [True, True, True, True]
+    assert "\n".join(pieces).splitlines() == lines
+    assert split_text("y" * 4100) == ["y" * 2000, "y" * 2000, "y" * 100]
+
 
 async def test_closed_dms_get_an_ephemeral_hint(fake: FakeDiscord, tmp_path: Path) -> None:
     async with running(make_settings(tmp_path, fake)):
@@ -223,6 +236,10 @@ async def test_forged_press_on_another_users_job_is_refused(
         await fake.wait_for(lambda: len(forged.responses) == 2)
         assert forged.responses[1].ephemeral and forged.responses[1].content == "That button is not for you."
         assert (await app.engine.job(owner, job_id)).state == "queued"
+
+        await alex.slash("mydata")
+        export = (await fake.wait_for(lambda: dm_with(fake, alex, text="Everything stored about you")))[-1]
+        assert [a.filename for a in export.attachments] == ["likeness-data.json", "likeness-files.zip"]
 
         stop = await alex.press(progress, f"cancel:{job_id}")
         await fake.wait_for(lambda: dm_with(fake, alex, text="Stopped 1"))
