@@ -1,0 +1,277 @@
+"""The whole conversation through the Discord front-end: a real discord.py client (the bot's own App) against
+tests/fake_discord.py over real HTTP and a real websocket, with the real engine on a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import discord
+import pytest
+from discord.gateway import DiscordWebSocket
+from PIL import Image
+
+from bot.app import App
+from bot.discord_bot import DiscordFrontend, split_text
+from bot.flow import COMMANDS
+from engine.settings import Settings, load_settings
+from tests import faces_data as fd
+from tests.fake_discord import FakeDiscord, FakeDiscordUser, FakeMessage
+from tests.fake_telegram import FakeTelegram
+
+JPEG = "image/jpeg"
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    await server.start()
+    saved = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    yield server
+    discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+    await server.stop()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[tuple[str, bytes, str]]:
+    """Three photos of one person that pass intake."""
+    base = fd.astronaut()
+    images = [
+        base,
+        base.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        base.rotate(8, resample=Image.Resampling.BICUBIC),
+    ]
+    return [(f"me-{n}.jpg", fd.encode(image, quality=90), JPEG) for n, image in enumerate(images)]
+
+
+def make_settings(data_dir: Path, fake: FakeDiscord, telegram: FakeTelegram | None = None) -> Settings:
+    env = dict(
+        os.environ,
+        LIKENESS_DATA_DIR=str(data_dir),
+        LIKENESS_TELEGRAM_TOKEN=telegram.token if telegram else "",
+        LIKENESS_TELEGRAM_API_URL=telegram.base_url if telegram else "https://api.telegram.org",
+        LIKENESS_DISCORD_TOKEN=fake.token,
+        LIKENESS_DISCORD_API_URL=fake.api_url,
+        LIKENESS_ENGINE_MODEL="tiny",
+        LIKENESS_ENGINE_TRAIN_STEPS="5",
+        LIKENESS_UPLOAD_MIN_PHOTOS="3",
+        LIKENESS_ENGINE_IMAGES_PER_REQUEST="2",
+        LIKENESS_ENGINE_POLL_INTERVAL="0.2",
+    )
+    return load_settings(env)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, with_worker: bool = False, intents: discord.Intents | None = None
+) -> AsyncIterator[App]:
+    app = await App.create(settings, with_worker=with_worker)
+    if intents is not None:
+        app.frontends = [DiscordFrontend(settings.discord, app.conversation, intents=intents)]
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+async def eventually(read: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 30) -> T:
+    """Re-read the bot's own state until `check` holds (state written right after a send)."""
+    async with asyncio.timeout(timeout):
+        while not check(value := await read()):
+            await asyncio.sleep(0.05)
+    return value
+
+
+def dm_with(
+    fake: FakeDiscord, user: FakeDiscordUser, *, button: str = "", text: str = ""
+) -> list[FakeMessage]:
+    """The user's DMs from the bot that carry a button whose custom_id starts with `button` / contain `text`."""
+    return [
+        m
+        for m in fake.dm_messages(user.id)
+        if (not button or any(c.startswith(button) for c in m.custom_ids)) and text in m.content
+    ]
+
+
+async def consent(fake: FakeDiscord, user: FakeDiscordUser) -> None:
+    await user.slash("start")
+    policy = (await fake.wait_for(lambda: dm_with(fake, user, button="consent:yes")))[-1]
+    await user.press(policy, "consent:yes")
+    await fake.wait_for(lambda: dm_with(fake, user, text="Thank you!"))
+
+
+async def upload_and_train(fake: FakeDiscord, user: FakeDiscordUser, photos: list) -> str:
+    """Send the photos in one DM, press Train; returns the queued job's id from the Stop button."""
+    await user.send_dm(attachments=photos)
+    summary = (await fake.wait_for(lambda: dm_with(fake, user, button="train")))[-1]
+    assert summary.content.count("looks good") == len(photos)
+    await user.press(summary, "train")
+    progress = (await fake.wait_for(lambda: dm_with(fake, user, button="cancel:")))[-1]
+    return progress.custom_ids[0].removeprefix("cancel:")
+
+
+async def test_whole_flow_in_dms_then_forget(fake: FakeDiscord, photos: list, tmp_path: Path) -> None:
+    async with running(make_settings(tmp_path, fake), with_worker=True) as app:
+        alex = fake.user(1001)
+        start = await alex.slash("start")
+        policy = (await fake.wait_for(lambda: dm_with(fake, alex, button="consent:yes")))[-1]
+        await fake.wait_for(lambda: len(start.responses) == 2)
+        assert [(r.kind, r.type, r.ephemeral) for r in start.responses] == [
+            ("callback", 5, True),
+            ("delete", None, True),
+        ]  # acknowledged privately at once; the thinking note goes once the answer is in the DM
+        assert "Do you agree?" in policy.content and len(policy.content) <= 2000
+
+        press = await alex.press(policy, "consent:yes")
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Thank you!"))
+        assert press.responses[0].type == 6  # deferred within 3 s, then the answer in the DM
+
+        await upload_and_train(fake, alex, photos)
+        assert len(fake.downloads) == 3
+        ready = (await fake.wait_for(lambda: dm_with(fake, alex, text="model is ready"), timeout=120))[-1]
+        style = next(c for c in ready.custom_ids if c.startswith("style:"))
+        await alex.press(ready, style)
+
+        results = (await fake.wait_for(lambda: dm_with(fake, alex, text="AI-generated"), timeout=120))[-1]
+        assert [a.filename.endswith(".png") for a in results.attachments] == [True, True]
+        assert all(a.data.startswith(b"\x89PNG") for a in results.attachments)
+        assert results.custom_ids == ["styles"]
+
+        user_id = app.engine.pseudonym("discord", str(alex.id))
+        # training progress, "model ready", style progress, results: recorded just after they are sent
+        sent = await eventually(lambda: app.engine.messages(user_id), lambda ids: len(ids) == 4)
+        assert str(results.id) in sent
+
+        forget = await alex.slash("forget")
+        confirm = (await fake.wait_for(lambda: dm_with(fake, alex, button="forget:yes")))[-1]
+        await alex.press(confirm, "forget:yes")
+        receipt = (await fake.wait_for(lambda: dm_with(fake, alex, text="Everything is deleted")))[-1]
+        assert "chat messages: 4" in receipt.content
+        assert all(fake.message(int(message_id)).deleted for message_id in sent)
+        assert forget.responses[0].ephemeral
+        assert await app.engine.store.user(user_id) is None
+
+
+async def test_guild_command_hands_off_to_dm(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with running(make_settings(tmp_path, fake)):
+        alex = fake.user(1001)
+        start = await alex.slash("start", in_guild=True)
+        await fake.wait_for(lambda: len(start.responses) == 2)
+        callback, handoff = start.responses
+        assert (callback.type, callback.ephemeral) == (5, True)
+        assert (handoff.kind, handoff.ephemeral) == ("edit", True)
+        assert "direct message" in handoff.content
+        assert all(m.ephemeral for m in fake.guild_messages())  # nothing public in the server
+        policy = dm_with(fake, alex, button="consent:yes")
+        assert len(policy) == 1 and "Do you agree?" in policy[0].content
+
+        privacy = await alex.slash("privacy", in_guild=True)
+        await fake.wait_for(lambda: len(privacy.responses) == 2)  # handed off once the DM is sent
+        policy_text = fake.dm_messages(alex.id)[-1].content
+        assert policy_text.startswith("Privacy policy") and "marked as AI-generated" in policy_text
+
+
+def test_long_texts_are_split_at_line_breaks() -> None:
+    lines = [f"line {n:04d} " + "x" * 90 for n in range(60)]  # 6000 characters
+    pieces = split_text("\n".join(lines))
+    assert [len(p) <= 2000 for p in pieces] == [True, True, True, True]
+    assert "\n".join(pieces).splitlines() == lines
+    assert split_text("y" * 4100) == ["y" * 2000, "y" * 2000, "y" * 100]
+
+
+async def test_closed_dms_get_an_ephemeral_hint(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with running(make_settings(tmp_path, fake)):
+        alex = fake.user(1001)
+        alex.close_dms()
+        status = await alex.slash("status", in_guild=True)
+        await fake.wait_for(lambda: len(status.responses) == 2)
+        hint = status.responses[1]
+        assert hint.ephemeral and "Allow direct messages from server members" in hint.content
+        assert fake.dm_messages(alex.id) == []
+
+
+async def test_server_images_are_never_received_by_default(
+    fake: FakeDiscord, photos: list, tmp_path: Path
+) -> None:
+    async with running(make_settings(tmp_path, fake)):
+        alex = fake.user(1001)
+        await alex.post_in_guild(attachments=photos[:1])
+        await alex.send_dm("hello")
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Send photos"))
+        assert fake.dropped_events == ["MESSAGE_CREATE"]  # the bot does not subscribe to server messages
+        assert fake.downloads == []
+
+
+async def test_server_images_are_refused_even_when_received(
+    fake: FakeDiscord, photos: list, tmp_path: Path
+) -> None:
+    intents = discord.Intents.default()
+    intents.message_content = True  # an operator who turned everything on
+    async with running(make_settings(tmp_path, fake), intents=intents):
+        alex = fake.user(1001)
+        await consent(fake, alex)
+        await alex.post_in_guild(attachments=photos[:2])
+        refusal = (await fake.wait_for(fake.guild_messages))[-1]
+        assert "private chat" in refusal.content
+        assert fake.downloads == []
+
+
+async def test_forged_press_on_another_users_job_is_refused(
+    fake: FakeDiscord, photos: list, tmp_path: Path
+) -> None:
+    async with running(make_settings(tmp_path, fake)) as app:  # no worker: the job stays queued
+        alex, mallory = fake.user(1001), fake.user(1002, "mallory")
+        await consent(fake, alex)
+        job_id = await upload_and_train(fake, alex, photos)
+        progress = dm_with(fake, alex, button="cancel:")[-1]
+        owner = app.engine.pseudonym("discord", str(alex.id))
+
+        forged = await mallory.forge_press(f"cancel:{job_id}", message_id=progress.id)
+        await fake.wait_for(lambda: len(forged.responses) == 2)
+        assert forged.responses[1].ephemeral and forged.responses[1].content == "That button is not for you."
+        assert (await app.engine.job(owner, job_id)).state == "queued"
+
+        await alex.slash("mydata")
+        export = (await fake.wait_for(lambda: dm_with(fake, alex, text="Everything stored about you")))[-1]
+        assert [a.filename for a in export.attachments] == ["likeness-data.json", "likeness-files.zip"]
+
+        stop = await alex.press(progress, f"cancel:{job_id}")
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Stopped 1"))
+        assert stop.responses[0].type == 6
+        assert (await app.engine.job(owner, job_id)).state == "cancelled"
+
+
+async def test_commands_synced_once_and_buttons_survive_a_restart(fake: FakeDiscord, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, fake)
+    async with running(settings):
+        alex = fake.user(1001)
+        start = await alex.slash("start")
+        policy = (await fake.wait_for(lambda: dm_with(fake, alex, button="consent:yes")))[-1]
+        await fake.wait_for(lambda: len(start.responses) == 2)  # answered before the bot stops
+    assert sorted(fake.commands) == sorted(COMMANDS)
+    assert fake.commands["forget"]["contexts"] == [0, 1, 2]  # servers, DMs with the bot, private channels
+    async with running(settings):
+        assert fake.identifies == 2
+        await alex.press(policy, "consent:yes")  # a button sent before the restart
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Thank you!"))
+    assert fake.command_syncs == 1
+    assert (tmp_path / "discord-commands.sha").exists()
+
+
+async def test_telegram_and_discord_in_one_process(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with FakeTelegram() as telegram, running(make_settings(tmp_path, fake, telegram)) as app:
+        assert sorted(app.conversation.messengers) == ["discord", "telegram"]
+        sam, alex = telegram.user(2002, "Sam"), fake.user(1001)
+        await sam.send_text("/start")
+        await alex.slash("start")
+        await telegram.wait_for_message(2002, "Do you agree?")
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Do you agree?"))
+        await consent(fake, alex)
+        users = await app.engine.store.fetchall("SELECT platform FROM users")
+        assert [row["platform"] for row in users] == ["discord"]  # one engine; Sam has not agreed yet
