@@ -102,7 +102,14 @@ async def test_forget_after_the_whole_flow_leaves_nothing(bot):
     receipt = await forget(bot, alice)
 
     assert "Receipt" in receipt
-    for line in ("photos: 0", "models: 1", "portraits: 0", "jobs: 2", "consent records: 1", "chat messages: 5"):
+    for line in (
+        "photos: 0",
+        "models: 1",
+        "portraits: 0",
+        "jobs: 2",
+        "consent records: 1",
+        "chat messages: 5",
+    ):
         assert f"• {line}" in receipt
     assert len(bot.recorder.deleted) == 5  # 2 progress, "model ready", 2 portraits
     await assert_gone(bot, alice, needles)
@@ -152,7 +159,9 @@ async def test_forget_mid_training_stops_the_job(tmp_path, monkeypatch, caplog):
         running = asyncio.create_task(bot.worker.run_once())
 
         async def training() -> bool:
-            row = await bot.engine.store.fetchone("SELECT state, progress FROM jobs WHERE user_id=?", (alice.id,))
+            row = await bot.engine.store.fetchone(
+                "SELECT state, progress FROM jobs WHERE user_id=?", (alice.id,)
+            )
             return row["state"] == "running" and row["progress"] > 0.02
 
         await wait_for(training, timeout=30)
@@ -229,3 +238,22 @@ async def test_mydata_sends_a_summary_and_the_photos_from_memory(bot):
 async def test_mydata_for_a_stranger_says_nothing_is_stored(bot):
     reply = await bot.command(bot.user("2006"), "mydata")
     assert reply.files == () and reply.text == bot.app.conversation.t("mydata_empty")
+
+
+async def test_forget_while_the_worker_saves_the_model_leaves_no_key(bot):
+    """/forget lands between the end of training and the save: the save must not bring the user back."""
+    alice = bot.user("2007")
+    await bot.onboard(alice)
+    await bot.press(alice, "train")
+    loop, engine = asyncio.get_running_loop(), bot.engine
+    put = engine.vault.put
+
+    def put_after_forget(owner: str, kind: str, blob_id: str, data: bytes) -> int:
+        if kind == "adapter":  # runs in the worker's thread: erase the user first, then write
+            asyncio.run_coroutine_threadsafe(engine.forget(owner), loop).result()
+        return put(owner, kind, blob_id, data)
+
+    engine.vault.put = put_after_forget
+    assert await bot.worker.run_once()
+    assert await engine.store.fetchone("SELECT 1 FROM adapters") is None
+    await assert_gone(bot, alice)
