@@ -188,7 +188,7 @@ class Worker:
         now = engine.clock.now()
         async with engine.store.transaction():
             if not await engine.queue.is_current(job):
-                engine.vault.delete(user_id, adapter_id)
+                await self._discard(user_id, [adapter_id])
                 raise JobLost()
             old = await engine.store.fetchall("SELECT id FROM adapters WHERE user_id=?", (user_id,))
             await engine.store.execute(
@@ -254,8 +254,7 @@ class Worker:
         now = engine.clock.now()
         async with engine.store.transaction():
             if not await engine.queue.is_current(job):
-                for output_id in output_ids:
-                    engine.vault.delete(user_id, output_id)
+                await self._discard(user_id, output_ids)
                 raise JobLost()
             for position, output_id in enumerate(output_ids):
                 await engine.store.execute(
@@ -270,6 +269,14 @@ class Worker:
             await retention.set_deadline(engine.store, user_id, "adapter", adapter["id"], now + keep)
             await self._add_delivery(job, "portraits")
         await engine.queue.finish(job)
+
+    async def _discard(self, user_id: str, blob_ids: list[str]) -> None:
+        """Delete blobs written for a job that was lost. If the user was erased meanwhile (/forget), the
+        write created a new data key and blob folder for them: shred those too."""
+        for blob_id in blob_ids:
+            self.engine.vault.delete(user_id, blob_id)
+        if await self.engine.store.user(user_id) is None:
+            await asyncio.to_thread(self.engine.vault.erase_owner, user_id)
 
     async def _add_delivery(self, job: Job, kind: str) -> None:
         await self.engine.store.execute(
