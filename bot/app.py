@@ -90,6 +90,7 @@ class App:
         overdue = await self.retention.start()
         if overdue:
             log.info("deleted overdue data at start-up: %s", overdue)
+        await self.engine.retry_deliveries_now()
         for frontend in self.frontends:
             await frontend.start()
         for platform in self.conversation.messengers:

@@ -60,6 +60,7 @@ async def deliver_pending(conversation: Conversation, platform: str) -> int:
             await deliver(conversation, platform, delivery)
         except Exception as error:
             log.warning("a delivery failed (%s); it stays in the outbox", type(error).__name__)
+            await conversation.engine.delivery_failed(delivery)
             continue
         sent += 1
     return sent
@@ -77,6 +78,9 @@ async def deliver(conversation: Conversation, platform: str, delivery: Delivery)
         except Exception:
             log.warning("the progress message could not be edited")
     message_ids: list[str] = []
+    if delivery.kind == "portraits" and not delivery.images:  # expired before it could be sent
+        await engine.delivered(delivery, [], platform)
+        return
     for reply in delivery_replies(conversation, delivery):
         message_ids += await messenger.send(chat, reply)
     await engine.delivered(delivery, message_ids, platform)

@@ -8,6 +8,7 @@ errors and 5xx answers, so a reply is not lost to a hiccup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -162,10 +163,8 @@ class TelegramMessenger:
     async def acknowledge(self, event: Event, text: str = "") -> None:
         query = getattr(event, "interaction", None)
         if query is not None:
-            try:
+            with contextlib.suppress(BadRequest):  # query too old: the press still works
                 await query.answer(text or None)
-            except BadRequest:
-                pass  # query too old: the press still works
 
 
 def to_chat(update: Update) -> Chat:

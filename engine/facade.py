@@ -26,6 +26,8 @@ from engine.vault import Pseudonymizer, Vault, load_or_create_master_key
 
 log = logging.getLogger(__name__)
 
+MAX_DELIVERY_ATTEMPTS = 40  # with exponential backoff capped at 1 h: about a day of tries
+
 
 @dataclass(frozen=True)
 class PhotoResult:
@@ -238,8 +240,8 @@ class Engine:
     async def pending_deliveries(self, platform: str) -> list[Delivery]:
         rows = await self.store.fetchall(
             "SELECT d.*, u.platform FROM deliveries d JOIN users u ON u.id = d.user_id "
-            "WHERE d.state='pending' AND u.platform=? ORDER BY d.created_at",
-            (platform,),
+            "WHERE d.state='pending' AND u.platform=? AND d.not_before <= ? ORDER BY d.created_at",
+            (platform, self.clock.now()),
         )
         deliveries = []
         for row in rows:
@@ -268,8 +270,31 @@ class Engine:
             )
         return deliveries
 
+    async def retry_deliveries_now(self) -> None:
+        """At start-up: try every pending delivery at once instead of waiting out its backoff."""
+        await self.store.execute("UPDATE deliveries SET not_before=0 WHERE state='pending'")
+
+    async def delivery_failed(self, delivery: Delivery) -> None:
+        """Back off after a failed send (1 s, 2 s, 4 s ... 1 h); give up after a day of tries."""
+        row = await self.store.fetchone("SELECT attempts FROM deliveries WHERE id=?", (delivery.id,))
+        if row is None:
+            return
+        attempts = row["attempts"] + 1
+        state = "undeliverable" if attempts >= MAX_DELIVERY_ATTEMPTS else "pending"
+        await self.store.execute(
+            "UPDATE deliveries SET attempts=?, state=?, not_before=? WHERE id=?",
+            (attempts, state, self.clock.now() + min(3600.0, 2.0 ** (attempts - 1)), delivery.id),
+        )
+
     async def delivered(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
-        """Record a completed send: message ids (for deletion), outputs gone once delivered."""
+        """Record a completed send: message ids (for deletion), outputs gone once delivered.
+        Holds the user's lock, so a /forget cannot slip between the send and this record."""
+        async with self.user_lock(delivery.user_id):
+            if await self.store.user(delivery.user_id) is None:
+                return
+            await self._record_delivery(delivery, message_ids, platform)
+
+    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         now = self.clock.now()
         message_retention = await self.message_retention(delivery.user_id, platform)
         async with self.store.transaction():

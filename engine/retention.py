@@ -37,6 +37,8 @@ async def set_deadline(store: Store, user_id: str, kind: str, ref_id: str, due_a
         "ON CONFLICT(kind, ref_id) DO UPDATE SET due_at=excluded.due_at",
         (new_id(), user_id, kind, ref_id, due_at),
     )
+    if store.on_deadline is not None:
+        store.on_deadline(due_at)
 
 
 async def clear_deadline(store: Store, kind: str, ref_id: str) -> None:
@@ -83,8 +85,8 @@ async def run_due(engine: Engine, delete_message: MessageDeleter | None = None) 
         if await expire(engine, row["kind"], row["user_id"], row["ref_id"], delete_message):
             counts[row["kind"]] = counts.get(row["kind"], 0) + 1
     if counts:
-        await engine.store.checkpoint()
         await engine.store.audit("retention", **counts)
+        await engine.store.checkpoint()
         log.info("retention deleted %s", counts)
     return counts
 
@@ -98,7 +100,7 @@ class RetentionScheduler:
     """Fires `run_due` at the next deadline and every `sweep_interval`, with APScheduler's asyncio scheduler.
 
     Only the next deadline is scheduled: after each run it looks again, so new or changed deadlines are
-    picked up by `reschedule()` (called after writes) or at the latest by the sweep.
+    picked up at once when written in this process (`Store.on_deadline`), else by the sweep.
     """
 
     def __init__(self, engine: Engine, delete_message: MessageDeleter | None = None):
@@ -107,6 +109,7 @@ class RetentionScheduler:
         self.engine = engine
         self.delete_message = delete_message
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self._next: float | None = None
 
     async def start(self) -> dict[str, int]:
         """Delete what is overdue (before the bot takes updates), then schedule the rest."""
@@ -115,8 +118,19 @@ class RetentionScheduler:
             self._run, "interval", seconds=self.engine.settings.retention.sweep_interval, id="sweep"
         )
         self.scheduler.start()
+        self.engine.store.on_deadline = self._deadline_written
         await self.reschedule()
         return counts
+
+    def _deadline_written(self, due_at: float) -> None:
+        """A deadline was written in this process: fire earlier if it is the next one."""
+        if self.scheduler.running and (self._next is None or due_at < self._next):
+            self._schedule(due_at)
+
+    def _schedule(self, due_at: float) -> None:
+        self._next = due_at
+        when = datetime.fromtimestamp(max(due_at, self.engine.clock.now()), tz=UTC)
+        self.scheduler.add_job(self._run, "date", run_date=when, id="next-deadline", replace_existing=True)
 
     async def _run(self) -> None:
         try:
@@ -127,11 +141,11 @@ class RetentionScheduler:
 
     async def reschedule(self) -> None:
         due = await next_due(self.engine.store)
-        if due is None:
-            return
-        when = datetime.fromtimestamp(max(due, self.engine.clock.now()), tz=UTC)
-        self.scheduler.add_job(self._run, "date", run_date=when, id="next-deadline", replace_existing=True)
+        self._next = None
+        if due is not None:
+            self._schedule(due)
 
     def stop(self) -> None:
+        self.engine.store.on_deadline = None
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

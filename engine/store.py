@@ -12,7 +12,7 @@ import contextvars
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,9 @@ MIGRATIONS: list[str] = [
         user_id TEXT NOT NULL REFERENCES users(id),
         job_id TEXT NOT NULL UNIQUE,
         kind TEXT NOT NULL,               -- trained | portraits | failed
-        state TEXT NOT NULL,              -- pending | sent
+        state TEXT NOT NULL,              -- pending | sent | undeliverable
         attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0, -- retry backoff after a failed send
         created_at REAL NOT NULL,
         sent_at REAL
     );
@@ -172,6 +173,8 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, clock: Clock):
         self.db = db
         self.clock = clock
+        # Called with the due time of every deadline written, so a scheduler can wake up in time.
+        self.on_deadline: Callable[[float], None] | None = None
         # One connection is shared by many tasks: a transaction holds the lock so that no other task's
         # statement lands inside it. Statements outside a transaction take the lock briefly.
         self._lock = asyncio.Lock()

@@ -85,12 +85,19 @@ class Worker:
         poll = self.engine.settings.engine.poll_interval
         log.info("worker %s ready", self.name)
         while not self._stopping.is_set():
+            await self.drop_erased_adapters()
             job = await self.engine.queue.claim(self.name)
             if job is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=poll)
                 continue
             await self.run_job(job)
+
+    async def drop_erased_adapters(self) -> None:
+        """Unload the adapters of users erased since they were loaded (also by another process)."""
+        for owner in self.models.generator.owners():
+            if await self.engine.store.user(owner) is None:
+                self.models.generator.forget(owner)
 
     async def run_once(self) -> bool:
         """Claim and run one job if there is one (tests and benchmarks)."""
@@ -122,6 +129,7 @@ class Worker:
             log.exception("job %s failed (attempt %d)", job.id[:8], job.attempts)
             state = await self.engine.queue.fail(job, _reason(error))
             if state == "failed":
+                await retention.clear_deadline(self.engine.store, "job", job.id)
                 await self._notify(job, "failed")
         finally:
             heartbeat.cancel()
@@ -210,6 +218,7 @@ class Worker:
         for photo_id, _ in photos:  # photos are kept only until training succeeds
             await retention.expire(engine, "photo", user_id, photo_id)
         await engine.queue.finish(job)
+        await retention.clear_deadline(engine.store, "job", job.id)
         log.info("job %s trained %d steps in %.1fs", job.id[:8], result.steps, result.seconds)
 
     async def _generate(self, job: Job, progress: _Progress) -> None:
@@ -269,6 +278,7 @@ class Worker:
             await retention.set_deadline(engine.store, user_id, "adapter", adapter["id"], now + keep)
             await self._add_delivery(job, "portraits")
         await engine.queue.finish(job)
+        await retention.clear_deadline(engine.store, "job", job.id)
 
     async def _discard(self, user_id: str, blob_ids: list[str]) -> None:
         """Delete blobs written for a job that was lost. If the user was erased meanwhile (/forget), the

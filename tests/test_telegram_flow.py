@@ -7,6 +7,7 @@ the tests check what it recorded and then drive the same running bot with other 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from PIL import Image
 from bot.app import App
 from bot.delivery import deliver_pending
 from bot.flow import COMMANDS
+from engine.provenance import verify_image
 from engine.settings import Settings, load_settings
 from tests import faces_data as fd
+from tests.certs import make_test_chain
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
@@ -30,6 +33,9 @@ SLOW = 90.0  # seconds allowed for model work on a 2-core CPU
 
 
 def settings_for(fake: FakeTelegram, data_dir: Path) -> Settings:
+    certs = data_dir.parent / f"c2pa-{data_dir.name}"  # outside the data dir: not user data
+    certs.mkdir(exist_ok=True)
+    chain = make_test_chain(certs)
     env = dict(
         os.environ,
         LIKENESS_DATA_DIR=str(data_dir),
@@ -42,6 +48,8 @@ def settings_for(fake: FakeTelegram, data_dir: Path) -> Settings:
         LIKENESS_ENGINE_IMAGES_PER_REQUEST="2",
         LIKENESS_ENGINE_POLL_INTERVAL="0.2",
         LIKENESS_UPLOAD_MIN_PHOTOS="3",
+        LIKENESS_PROVENANCE_C2PA_CERT=str(chain.cert),
+        LIKENESS_PROVENANCE_C2PA_KEY=str(chain.key),
     )
     return load_settings(env)
 
@@ -186,6 +194,16 @@ async def test_model_ready_offers_styles(world: World) -> None:
     assert await world.app.engine.photo_count(world.app.engine.pseudonym("telegram", ALICE)) == 0
 
 
+async def test_delivered_files_carry_every_ai_generated_mark(world: World) -> None:
+    """Read back what the platform received: watermark (from the pixels), IPTC/XMP and C2PA."""
+    for message in world.results:
+        report = verify_image(message.document)
+        assert report.watermark and report.watermark_bit_errors is not None
+        assert report.iptc_xmp
+        assert report.c2pa and report.c2pa_valid and report.c2pa_ai_generated
+        assert "AI-generated" in (message.caption or world.results[0].caption)
+
+
 async def test_results_arrive_as_protected_marked_files_with_another_style(world: World) -> None:
     results = world.results
     assert len(results) == world.settings.engine.images_per_request == 2
@@ -229,7 +247,10 @@ async def test_a_pending_delivery_survives_a_block_and_a_restart_and_is_sent_onc
     alice.block()  # every send to Alice now fails: her portraits stay in the outbox
     await alice.press(world.trained, button_data(world.trained, "style:")[-1])
     await fake.wait_for(lambda f: any(e[0] == "sendMediaGroup" and e[1] == 403 for e in f.errors), SLOW)
-    assert len(await engine.pending_deliveries("telegram")) == 1
+    stuck = await engine.store.fetchall(
+        "SELECT state, attempts FROM deliveries WHERE user_id=? AND state='pending'", (user_id,)
+    )
+    assert len(stuck) == 1 and stuck[0]["attempts"] >= 1  # kept, and retried with backoff
 
     # Alice's stuck delivery must not hold up anyone else's.
     henry = fake.user(1007)
@@ -245,6 +266,10 @@ async def test_a_pending_delivery_survives_a_block_and_a_restart_and_is_sent_onc
     engine = world.app.engine
     await fake.wait_for(lambda f: len(documents(f, ALICE)) > before, SLOW)
     await fake.wait_for_message(ALICE, "⬆️", after=world.again.message_id)
+    for _ in range(100):  # the send is recorded right after the platform accepted it
+        if not await engine.pending_deliveries("telegram"):
+            break
+        await asyncio.sleep(0.1)
     assert await engine.pending_deliveries("telegram") == []
     assert await deliver_pending(world.app.conversation, "telegram") == 0  # nothing left to resend
 

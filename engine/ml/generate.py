@@ -64,6 +64,10 @@ class Generator:
         self.cache_size = cache_size
         self._loaded: OrderedDict[str, str] = OrderedDict()  # owner -> adapter name, least recent first
 
+    def owners(self) -> list[str]:
+        """Owners whose adapters are loaded now, least recently used first."""
+        return list(self._loaded)
+
     def has_adapter(self, owner: str) -> bool:
         """Whether ``owner``'s adapter is loaded in the pipeline now."""
         return owner in self._loaded

@@ -55,7 +55,9 @@ class TrainConfig:
     batch_size: int = 1
     train_text_encoder: bool = False  # the scripts' default; the UNet alone learns a face well
     seed: int = 0
-    gradient_checkpointing: bool | None = None  # None = on for CUDA (SDXL at 1024 needs it on 24 GB cards)
+    gradient_checkpointing: bool | None = (
+        None  # None = on for CUDA cards under 40 GB (see _needs_checkpointing)
+    )
     max_grad_norm: float = 1.0
     random_flip: bool = False  # faces are not symmetric; the scripts also default to no flip
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -207,6 +209,14 @@ def _train_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
+def _needs_checkpointing(device: torch.device) -> bool:
+    """Gradient checkpointing trades ~30 % speed for memory: on for GPUs under 40 GB (SDXL LoRA at 1024
+    needs ~20-25 GB without it), off on big cards (measured on an H100: 9 GiB peak with it) and on CPU."""
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_properties(device).total_memory < 40 * 1024**3
+
+
 def train_lora(
     pipe: DiffusionPipeline,
     images: list[PIL.Image.Image],
@@ -228,7 +238,9 @@ def train_lora(
     weight_dtype = pipe.unet.dtype
     resolution = config.resolution or native_resolution(pipe)
     checkpointing = (
-        device.type == "cuda" if config.gradient_checkpointing is None else config.gradient_checkpointing
+        _needs_checkpointing(device)
+        if config.gradient_checkpointing is None
+        else config.gradient_checkpointing
     )
     autocast = weight_dtype != torch.float32 and device.type in ("cuda", "cpu")
     scaler = torch.amp.GradScaler(
