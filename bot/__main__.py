@@ -29,8 +29,8 @@ async def run(console_dir: Path | None) -> None:
     install_stop_signals(app.stop_event)
     if console is not None:
         console.on_quit = app.stop_event.set
-    await app.start()
     try:
+        await app.start()
         await app.wait()
     finally:
         await app.stop()
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level if args.console is None else "WARNING")
-    from bot.app import NoFrontend
+    from bot.app import NoFrontend, StartupError
 
     try:
         asyncio.run(run(args.console))
-    except (NoFrontend, VaultError) as error:
+    except (NoFrontend, StartupError, VaultError) as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

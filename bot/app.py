@@ -24,6 +24,10 @@ class NoFrontend(Exception):
     """No platform token is set."""
 
 
+class StartupError(Exception):
+    """A front-end or the model could not start; `str()` is one line for the operator."""
+
+
 @dataclass
 class App:
     settings: Settings
@@ -91,8 +95,15 @@ class App:
         if overdue:
             log.info("deleted overdue data at start-up: %s", overdue)
         await self.engine.retry_deliveries_now()
+        if self.worker is not None and self.worker.models is None:
+            await self._load_model()
         for frontend in self.frontends:
-            await frontend.start()
+            try:
+                await frontend.start()
+            except Exception as error:
+                raise StartupError(
+                    f"{type(frontend).__name__.removesuffix('Frontend').lower()}: {_one_line(error)}"
+                ) from error
         for platform in self.conversation.messengers:
             self.tasks.append(
                 asyncio.create_task(run_deliveries(self.conversation, platform, self.stop_event))
@@ -102,6 +113,15 @@ class App:
             )
         if self.worker is not None:
             self.tasks.append(asyncio.create_task(self._run_worker()))
+
+    async def _load_model(self) -> None:
+        """Load the model before taking updates, so a missing model fails the start with one line."""
+        from engine.worker import Models
+
+        try:
+            self.worker.models = await asyncio.to_thread(Models, self.engine)
+        except Exception as error:
+            raise StartupError(f"engine: {_one_line(error)}") from error
 
     async def _run_worker(self) -> None:
         try:
@@ -127,3 +147,8 @@ class App:
         if self.retention:
             self.retention.stop()
         await self.engine.close()
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

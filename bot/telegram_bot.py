@@ -22,7 +22,7 @@ from telegram import (
     Message,
     Update,
 )
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -261,7 +261,14 @@ class TelegramFrontend:
         log.error("telegram error: %s", type(context.error).__name__)
 
     async def start(self) -> None:
-        await self.app.initialize()
+        try:
+            await self.app.initialize()
+        except InvalidToken:
+            raise RuntimeError("the bot token was rejected; check LIKENESS_TELEGRAM_TOKEN") from None
+        except NetworkError as error:
+            raise RuntimeError(
+                f"cannot reach the Bot API ({error}); check LIKENESS_TELEGRAM_API_URL"
+            ) from None
         await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS.items()])
         await self.app.start()
         await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)

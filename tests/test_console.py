@@ -1,0 +1,49 @@
+"""The console front-end: typed lines become the same neutral events, replies are printed and saved."""
+
+from pathlib import Path
+
+from bot.console import ConsoleFrontend
+from bot.events import Button, ButtonPress, Command, PhotoMessage, Reply, TextMessage
+
+
+def make(tmp_path: Path) -> tuple[ConsoleFrontend, list[str]]:
+    printed: list[str] = []
+    return ConsoleFrontend(tmp_path / "out", write=printed.append), printed
+
+
+async def test_lines_become_events(tmp_path):
+    console, _ = make(tmp_path)
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(b"\xff\xd8\xff fake jpeg")
+    assert console.parse("/start") == Command(console.parse("/start").chat, "start", "")
+    assert console.parse("   ") is None
+    assert isinstance(console.parse("hello"), TextMessage)
+    event = console.parse(f"photo {photo} {tmp_path / 'missing.jpg'}")
+    assert isinstance(event, PhotoMessage) and len(event.photos) == 2
+    assert event.photos[0].size == photo.stat().st_size and event.photos[1].size is None
+    assert await event.photos[0].download() == photo.read_bytes()
+    assert event.chat.private
+
+
+async def test_buttons_are_numbered_and_pressed_by_number(tmp_path):
+    console, printed = make(tmp_path)
+    await console.send(
+        console.parse("/x").chat,
+        Reply("Agree?", buttons=((Button("Yes", "consent:yes"), Button("No", "consent:no")),)),
+    )
+    assert "[1] Yes" in printed[-1] and "[2] No" in printed[-1]
+    press = console.parse("2")
+    assert isinstance(press, ButtonPress) and press.data == "consent:no"
+    assert isinstance(console.parse("3"), TextMessage)  # no such button: just text
+
+
+async def test_images_and_files_are_saved_to_the_output_folder(tmp_path):
+    console, printed = make(tmp_path)
+    ids = await console.send(
+        console.parse("/x").chat,
+        Reply("Done", images=(b"png-bytes",), image_names=("a.png",), files=(("data.json", b"{}"),)),
+    )
+    assert ids == ["1"]
+    assert (tmp_path / "out" / "a.png").read_bytes() == b"png-bytes"
+    assert (tmp_path / "out" / "data.json").read_bytes() == b"{}"
+    assert "saved" in printed[-1]
