@@ -204,12 +204,12 @@ class Worker:
             )
             await retention.set_deadline(engine.store, user_id, "adapter", adapter_id, now + keep)
             await self._add_delivery(job, "trained")
+            await engine.queue.finish(job)  # in the same transaction: a crash cannot leave results twice
         for row in old:  # a retrained model replaces the previous one
             await retention.expire(engine, "adapter", user_id, row["id"])
         self.models.generator.forget(user_id)
         for photo_id, _ in photos:  # photos are kept only until training succeeds
             await retention.expire(engine, "photo", user_id, photo_id)
-        await engine.queue.finish(job)
         log.info("job %s trained %d steps in %.1fs", job.id[:8], result.steps, result.seconds)
 
     async def _generate(self, job: Job, progress: _Progress) -> None:
@@ -269,7 +269,7 @@ class Worker:
             await engine.store.execute("UPDATE adapters SET last_used_at=? WHERE id=?", (now, adapter["id"]))
             await retention.set_deadline(engine.store, user_id, "adapter", adapter["id"], now + keep)
             await self._add_delivery(job, "portraits")
-        await engine.queue.finish(job)
+            await engine.queue.finish(job)
 
     async def _add_delivery(self, job: Job, kind: str) -> None:
         await self.engine.store.execute(
