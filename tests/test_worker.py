@@ -93,9 +93,22 @@ def models(tmp_path_factory, presets_file) -> Models:
     return Models(SimpleNamespace(settings=settings))
 
 
+_opened: list[Engine] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_engines():
+    """Close every engine a test opened, also when it failed (an open aiosqlite thread blocks exit)."""
+    yield
+    while _opened:
+        with contextlib.suppress(Exception):
+            await _opened.pop().close()
+
+
 async def seeded(data_dir: Path, presets: Path, photos: list[bytes], clock=None, **extra: str):
     """An engine with one consenting user, three accepted photos and a queued training job."""
     engine = await Engine.open(load_settings(settings_env(data_dir, presets, **extra)), clock)
+    _opened.append(engine)
     user = engine.pseudonym("telegram", CHAT["user_id"])
     await engine.give_consent(user, "telegram", CHAT, "1", "self")
     for data in photos:
