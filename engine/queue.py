@@ -153,17 +153,18 @@ class JobQueue:
         return changed > 0
 
     async def fail(self, job: Job, reason: str, retry: bool = True) -> str:
-        """Record a failure; requeue with exponential backoff while attempts remain. Returns the new state."""
+        """Record a failure; requeue with exponential backoff while attempts remain. Returns the new state,
+        or "lost" when this attempt no longer owns the job (cancelled or taken over): nothing changed."""
         now = self.store.clock.now()
         state = "queued" if retry and job.attempts < job.max_attempts else "failed"
         delay = self.backoff * (2 ** (job.attempts - 1))
-        await self.store.execute(
+        changed = await self.store.execute(
             "UPDATE jobs SET state=?, error=?, not_before=?, lease_until=NULL, "
             "finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END "
             "WHERE id=? AND state='running' AND attempts=?",
             (state, reason, now + delay, state, now, job.id, job.attempts),
         )
-        return state
+        return state if changed else "lost"
 
     async def release(self, job: Job) -> None:
         """Give a running job back untouched (clean shutdown): it runs again later, not counted as a try."""

@@ -212,13 +212,13 @@ class Worker:
             )
             await retention.set_deadline(engine.store, user_id, "adapter", adapter_id, now + keep)
             await self._add_delivery(job, "trained")
+            await engine.queue.finish(job)  # in the same transaction: a crash cannot leave results twice
+            await retention.clear_deadline(engine.store, "job", job.id)
         for row in old:  # a retrained model replaces the previous one
             await retention.expire(engine, "adapter", user_id, row["id"])
         self.models.generator.forget(user_id)
         for photo_id, _ in photos:  # photos are kept only until training succeeds
             await retention.expire(engine, "photo", user_id, photo_id)
-        await engine.queue.finish(job)
-        await retention.clear_deadline(engine.store, "job", job.id)
         log.info("job %s trained %d steps in %.1fs", job.id[:8], result.steps, result.seconds)
 
     async def _generate(self, job: Job, progress: _Progress) -> None:
@@ -277,8 +277,8 @@ class Worker:
             await engine.store.execute("UPDATE adapters SET last_used_at=? WHERE id=?", (now, adapter["id"]))
             await retention.set_deadline(engine.store, user_id, "adapter", adapter["id"], now + keep)
             await self._add_delivery(job, "portraits")
-        await engine.queue.finish(job)
-        await retention.clear_deadline(engine.store, "job", job.id)
+            await engine.queue.finish(job)
+            await retention.clear_deadline(engine.store, "job", job.id)
 
     async def _discard(self, user_id: str, blob_ids: list[str]) -> None:
         """Delete blobs written for a job that was lost. If the user was erased meanwhile (/forget), the
