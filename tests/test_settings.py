@@ -54,7 +54,7 @@ def test_defaults_load(env: dict[str, str]) -> None:
     assert settings.retention.model == 7 * 86400.0
     assert settings.retention.messages == 0.0
     assert isinstance(settings.retention.messages, OptionalDuration)
-    assert settings.retention.sweep_interval == 600.0
+    assert settings.retention.sweep_interval == 60.0
     assert settings.provenance.deliver_as == "files"
 
 
