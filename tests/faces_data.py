@@ -6,6 +6,7 @@ No faces: scikit-image's `coffee` and `chelsea` (a cat), and random noise.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -130,3 +131,15 @@ def lfw_faces() -> np.ndarray:
     """scikit-image's 25x25 greyscale crops of 100 faces from Labeled Faces in the Wild (as uint8)."""
     faces = data.lfw_subset()[:100]
     return (faces * 255).clip(0, 255).astype(np.uint8)
+
+
+@functools.cache
+def same_person_photos() -> tuple[bytes, ...]:
+    """Three JPEGs of one person that pass intake together: the astronaut, mirrored, and turned 8°."""
+    base = astronaut()
+    images = [
+        base,
+        base.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        base.rotate(8, resample=Image.Resampling.BICUBIC),
+    ]
+    return tuple(encode(image, quality=90) for image in images)

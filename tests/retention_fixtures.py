@@ -16,8 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from PIL import Image
-
 from bot.app import App
 from bot.delivery import deliver_pending
 from bot.events import Button, ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply
@@ -51,16 +49,7 @@ def tiny_models() -> Any:
     return Models(SimpleNamespace(settings=settings))
 
 
-@functools.cache
-def same_person_photos() -> tuple[bytes, ...]:
-    """Three photos of one person that pass intake (original, mirrored, slightly rotated)."""
-    base = fd.astronaut()
-    images = [
-        base,
-        base.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        base.rotate(8, resample=Image.Resampling.BICUBIC),
-    ]
-    return tuple(fd.encode(image, quality=90) for image in images)
+same_person_photos = fd.same_person_photos
 
 
 @dataclass

@@ -13,7 +13,6 @@ from typing import TypeVar
 import discord
 import pytest
 from discord.gateway import DiscordWebSocket
-from PIL import Image
 
 from bot.app import App
 from bot.discord_bot import DiscordFrontend, split_text
@@ -40,13 +39,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 @pytest.fixture(scope="module")
 def photos() -> list[tuple[str, bytes, str]]:
     """Three photos of one person that pass intake."""
-    base = fd.astronaut()
-    images = [
-        base,
-        base.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        base.rotate(8, resample=Image.Resampling.BICUBIC),
-    ]
-    return [(f"me-{n}.jpg", fd.encode(image, quality=90), JPEG) for n, image in enumerate(images)]
+    return [(f"me-{n}.jpg", data, JPEG) for n, data in enumerate(fd.same_person_photos())]
 
 
 def make_settings(data_dir: Path, fake: FakeDiscord, telegram: FakeTelegram | None = None) -> Settings:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from PIL import Image
 
 from bot.app import App
 from bot.delivery import deliver_pending
@@ -55,14 +54,7 @@ def settings_for(fake: FakeTelegram, data_dir: Path) -> Settings:
 
 
 def same_person_photos() -> list[bytes]:
-    """Three photos that pass intake as one person: the original, its mirror image, and a slight turn."""
-    base = fd.astronaut()
-    variants = [
-        base,
-        base.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        base.rotate(8, resample=Image.Resampling.BICUBIC),
-    ]
-    return [fd.encode(image, quality=90) for image in variants]
+    return list(fd.same_person_photos())
 
 
 def button_data(message: SentMessage, prefix: str) -> list[str]:

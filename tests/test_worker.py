@@ -24,7 +24,6 @@ from types import SimpleNamespace
 import diffusers
 import pytest
 import transformers
-from PIL import Image
 
 import engine.ml.train as ml_train
 from engine.facade import Engine
@@ -65,9 +64,7 @@ def presets_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def photo_bytes() -> list[bytes]:
     """Three photos of one person that pass intake (original, mirrored, slightly rotated)."""
-    base = fd.astronaut()
-    images = [base, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT), base.rotate(8, Image.Resampling.BICUBIC)]
-    return [fd.encode(im, quality=90) for im in images]
+    return list(fd.same_person_photos())
 
 
 def settings_env(data_dir: Path, presets: Path, **extra: str) -> dict[str, str]:
