@@ -21,7 +21,7 @@ from matplotlib import cbook
 from skimage import data
 
 from engine.ml.device import pick_device
-from engine.ml.generate import GenerationStopped, Generator, adapter_name
+from engine.ml.generate import GenerationStopped, Generator, new_slot_name
 from engine.ml.pipeline import ModelLoadError, load_pipeline, loaded_adapters, native_resolution
 from engine.ml.tiny import build_tiny_pipeline
 from engine.ml.train import (
@@ -122,7 +122,8 @@ def _variant(adapter: bytes, seed: int, alpha: float | None = None) -> bytes:
     meta = dict(meta)
     if alpha is not None:
         meta["unet.lora_alpha"] = alpha
-    configs = {"unet": _config_from(meta, "unet")}
+    prefixes = {k.partition(".")[0] for k in state}
+    configs = {prefix: _config_from(meta, prefix) for prefix in prefixes}
     return pack_adapter(state, configs, info)
 
 
@@ -194,32 +195,67 @@ def test_adapters_never_mix(pipe, trained, gen):
     assert not np.array_equal(alone, bob)
 
 
+def _params_named(pipe, slot: str) -> list[torch.Tensor]:
+    return [p for n, p in pipe.unet.named_parameters() if f".{slot}." in n]
+
+
 def test_lru_eviction_and_forget_remove_adapters_from_the_pipe(pipe, trained):
     gen = Generator(pipe, cache_size=2)
     adapter = trained["result"].adapter
     gen.load_adapter("a", adapter)
     gen.load_adapter("b", _variant(adapter, seed=2))
+    slot_a, slot_b = gen._loaded["a"], gen._loaded["b"]
     gen.generate("a", FAST, "sks person", 1, seed=0)  # "a" is now the most recent
-    gen.load_adapter("c", _variant(adapter, seed=3))
+    c_adapter = _variant(adapter, seed=3)
+    gen.load_adapter("c", c_adapter)
     assert not gen.has_adapter("b") and gen.has_adapter("a") and gen.has_adapter("c")
-    assert loaded_adapters(pipe) == {adapter_name("a"), adapter_name("c")}
+    assert gen.owners() == ["a", "c"]
+    # "c" reuses evicted "b"'s slot: its tensors are now exactly c's, nothing of b's is left.
+    assert gen._loaded["c"] == slot_b and loaded_adapters(pipe) == {slot_a, slot_b}
+    c_state, _, _ = unpack_adapter(c_adapter)
+    params = dict(pipe.unet.named_parameters())
+    for key, value in c_state.items():
+        target = key.removeprefix("unet.").replace(".lora_A.", f".lora_A.{slot_b}.")
+        target = target.replace(".lora_B.", f".lora_B.{slot_b}.")
+        assert torch.equal(params[target], value.float())
+    kept = _params_named(pipe, slot_a)
     gen.forget("a")
+    assert all(not p.any() for p in kept)  # forgotten weights are zeroed, not just unlinked
     gen.forget("c")
-    assert loaded_adapters(pipe) == set()
+    assert loaded_adapters(pipe) == set() and gen.owners() == []
     with pytest.raises(KeyError):
         gen.generate("a", FAST, "sks person", 1, seed=0)
 
 
-def test_adapter_names_are_safe():
-    names = {adapter_name(owner) for owner in ("tg:12345", "dc:1.2.3", "tg:12346")}
+def test_a_reused_slot_gives_the_same_pixels_as_a_fresh_load(pipe, trained):
+    adapter = trained["result"].adapter
+    bob = _variant(adapter, seed=4, alpha=2)
+    fresh = Generator(pipe, cache_size=1)
+    fresh.load_adapter("bob", bob)
+    expected = _pixels(fresh.generate("bob", FAST, "sks person", 1, seed=9))
+    fresh.forget("bob")
+    gen = Generator(pipe, cache_size=1)
+    gen.load_adapter("alice", adapter)
+    slot = gen._loaded["alice"]
+    gen.load_adapter("bob", bob)  # evicts alice, refills her slot with bob's weights and alpha
+    assert gen._loaded["bob"] == slot and gen.owners() == ["bob"]
+    scalings = {m.scaling[slot] for m in pipe.unet.modules() if slot in getattr(m, "scaling", {})}
+    assert scalings == {2 / 4}  # bob's lora_alpha / r, not alice's 8 / 4
+    assert np.array_equal(_pixels(gen.generate("bob", FAST, "sks person", 1, seed=9)), expected)
+    gen.forget("bob")
+    assert loaded_adapters(pipe) == set()
+
+
+def test_slot_names_are_safe():
+    names = {new_slot_name() for _ in range(3)}
     assert len(names) == 3
-    assert all("." not in n and n != TRAIN_ADAPTER and "12345" not in n for n in names)
+    assert all("." not in n and n != TRAIN_ADAPTER for n in names)
 
 
 def test_lora_alpha_survives_the_round_trip(pipe, trained, gen):
     adapter = trained["result"].adapter
     gen.load_adapter("alpha8", adapter)
-    name = adapter_name("alpha8")
+    name = gen._loaded["alpha8"]
     scalings = {
         layer.scaling[name]
         for layer in pipe.unet.modules()
@@ -257,6 +293,18 @@ def test_text_encoder_lora_trains_and_loads(pipe, photos, trained, gen):
     gen.load_adapter("carol", result.adapter)
     base = _pixels(gen.generate(None, FAST, "sks person", 1, seed=0))
     assert not np.array_equal(base, _pixels(gen.generate("carol", FAST, "sks person", 1, seed=0)))
+    # A second text-encoder adapter refills carol's slot (both parts) and gives what a fresh load gives.
+    dan = _variant(result.adapter, seed=5)
+    gen.load_adapter("dan", dan)
+    fresh = _pixels(gen.generate("dan", FAST, "sks person", 1, seed=0))
+    gen.forget("dan")
+    single = Generator(pipe, cache_size=1)
+    single.load_adapter("carol", result.adapter)
+    slot = single._loaded["carol"]
+    single.load_adapter("dan", dan)
+    assert single._loaded["dan"] == slot
+    assert np.array_equal(_pixels(single.generate("dan", FAST, "sks person", 1, seed=0)), fresh)
+    single.forget("dan")
 
 
 def test_sdxl_layout_trains_and_generates(photos):
