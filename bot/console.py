@@ -8,6 +8,7 @@ line.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import sys
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from bot.events import (
     Reply,
     TextMessage,
 )
+
+log = logging.getLogger(__name__)
 
 CHAT = Chat("console", "console", "console-user", True)
 
@@ -105,6 +108,9 @@ class ConsoleFrontend:
                     await self.conversation.handle(event)
             except FileNotFoundError as error:
                 self.write(f"   no such file: {error.filename}")
+            except Exception as error:
+                self.write(f"   something went wrong ({type(error).__name__}); see the log")
+                log.exception("a console event failed")
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop())

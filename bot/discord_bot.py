@@ -280,8 +280,8 @@ class DiscordFrontend:
             if is_dms_closed(error):
                 await interaction.edit_original_response(content=self.texts["dms_closed"])
             else:
-                log.exception("discord command failed")
-                await interaction.delete_original_response()
+                log.exception("a discord command failed")
+                await interaction.edit_original_response(content=self.conversation.t("internal_error"))
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
@@ -319,7 +319,9 @@ class DiscordFrontend:
         try:
             await self.conversation.handle(event)
         except Exception:
-            log.exception("discord event failed")
+            log.exception("a discord %s failed", type(event).__name__)
+            with contextlib.suppress(Exception):
+                await self.messenger.send(event.chat, Reply(self.conversation.t("internal_error")))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:

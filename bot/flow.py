@@ -61,26 +61,23 @@ class Conversation:
 
     # -- dispatch ----------------------------------------------------------------------------------------
     async def handle(self, event: Event) -> None:
+        """Answer one event. Errors propagate: the adapter logs them and tells the user."""
         chat = event.chat
         user_id = self.engine.pseudonym(chat.platform, chat.user_id)
-        try:
-            if isinstance(event, Command):
-                handler = self._handlers.get(event.name)
-                if handler is None:
-                    await self.say(chat, Reply(self.t("unknown_command")), event)
-                elif not chat.private and event.name not in {"start", "help", "privacy"}:
-                    await self.say(chat, Reply(self.t("group_redirect")), event)
-                else:
-                    await handler(event, user_id)
-            elif isinstance(event, ButtonPress):
-                await self.press(event, user_id)
-            elif isinstance(event, PhotoMessage):
-                await self.photos(event, user_id)
-            elif isinstance(event, TextMessage) and chat.private:
-                await self.say(chat, Reply(self.t("text_hint")))
-        except Exception:
-            log.exception("handling a %s failed", type(event).__name__)
-            raise
+        if isinstance(event, Command):
+            handler = self._handlers.get(event.name)
+            if handler is None:
+                await self.say(chat, Reply(self.t("unknown_command")), event)
+            elif not chat.private and event.name not in {"start", "help", "privacy"}:
+                await self.say(chat, Reply(self.t("group_redirect")), event)
+            else:
+                await handler(event, user_id)
+        elif isinstance(event, ButtonPress):
+            await self.press(event, user_id)
+        elif isinstance(event, PhotoMessage):
+            await self.photos(event, user_id)
+        elif isinstance(event, TextMessage) and chat.private:
+            await self.say(chat, Reply(self.t("text_hint")))
 
     def messenger(self, chat: Chat) -> Messenger:
         return self.messengers[chat.platform]

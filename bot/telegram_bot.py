@@ -255,7 +255,9 @@ class TelegramFrontend:
         try:
             await self.conversation.handle(event)
         except Exception:
-            log.exception("telegram update failed")
+            log.exception("a telegram %s failed", type(event).__name__)
+            with contextlib.suppress(Exception):
+                await self.messenger.send(event.chat, Reply(self.conversation.t("internal_error")))
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram error: %s", type(context.error).__name__)

@@ -47,3 +47,20 @@ async def test_images_and_files_are_saved_to_the_output_folder(tmp_path):
     assert (tmp_path / "out" / "a.png").read_bytes() == b"png-bytes"
     assert (tmp_path / "out" / "data.json").read_bytes() == b"{}"
     assert "saved" in printed[-1]
+
+
+async def test_a_failing_event_is_reported_and_the_console_keeps_reading(tmp_path, monkeypatch):
+    console, printed = make(tmp_path)
+
+    class Broken:
+        async def handle(self, event):
+            raise RuntimeError("boom")
+
+    lines = iter(["/start\n", "quit\n"])
+    monkeypatch.setattr("sys.stdin.readline", lambda: next(lines))
+    quit_called = []
+    console.conversation = Broken()
+    console.on_quit = lambda: quit_called.append(True)
+    await console._read_loop()
+    assert any("something went wrong (RuntimeError)" in line for line in printed)
+    assert quit_called == [True]  # the loop survived the error and read the next line
