@@ -22,7 +22,15 @@ from telegram import (
     Message,
     Update,
 )
-from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -120,12 +128,13 @@ class TelegramMessenger:
                 sent += await with_retries(
                     lambda: self.bot.send_media_group(chat_id, media=media, protect_content=reply.protect)
                 )
-            if reply.buttons:
-                sent.append(
-                    await with_retries(
-                        lambda: self.bot.send_message(chat_id, "⬆️", reply_markup=keyboard(reply))
+            if reply.buttons:  # the images arrived; a lost button message must not make them resend
+                with contextlib.suppress(TelegramError):
+                    sent.append(
+                        await with_retries(
+                            lambda: self.bot.send_message(chat_id, "⬆️", reply_markup=keyboard(reply))
+                        )
                     )
-                )
         elif reply.text and not reply.files:
             sent.append(
                 await with_retries(

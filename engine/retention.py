@@ -82,7 +82,14 @@ async def run_due(engine: Engine, delete_message: MessageDeleter | None = None) 
     )
     counts: dict[str, int] = {}
     for row in rows:
-        if await expire(engine, row["kind"], row["user_id"], row["ref_id"], delete_message):
+        try:
+            done = await expire(engine, row["kind"], row["user_id"], row["ref_id"], delete_message)
+        except Exception as error:  # one failure (a platform hiccup) must not hold up the rest
+            log.warning(
+                "a %s deadline could not be kept yet (%s); retrying later", row["kind"], type(error).__name__
+            )
+            continue
+        if done:
             counts[row["kind"]] = counts.get(row["kind"], 0) + 1
     if counts:
         await engine.store.audit("retention", **counts)

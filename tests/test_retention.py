@@ -13,8 +13,9 @@ import pytest
 
 from bot.texts import Texts
 from engine import retention
+from engine.facade import Engine
 from engine.retention import RetentionScheduler
-from engine.store import Clock
+from engine.store import Clock, FakeClock
 from tests.retention_fixtures import HOUR, Harness, make_settings, same_person_photos, wait_for
 
 RETENTION = {
@@ -309,3 +310,26 @@ async def test_what_users_read_is_what_is_enforced(tmp_path):
         assert "The privacy policy has changed" in reply.text and "30 minutes" in reply.text
     finally:
         await bot.close()
+
+
+async def test_a_failing_message_delete_does_not_hold_up_other_deadlines(tmp_path):
+    clock = FakeClock()
+    engine = await Engine.open(make_settings(tmp_path), clock)
+    try:
+        await engine.store.ensure_user("aa11", "telegram", None)
+        await engine.record_message("aa11", "42", "result")
+        message = await engine.store.fetchone("SELECT id FROM sent_messages")
+        await retention.set_deadline(engine.store, "aa11", "message", message["id"], clock.now() + 1)
+        job_id = await engine.queue.enqueue("aa11", "train")
+        await retention.set_deadline(engine.store, "aa11", "job", job_id, clock.now() + 1)
+        clock.advance(2)
+
+        async def platform_down(user_id: str, row_id: str) -> bool:
+            raise ConnectionError("the platform is unreachable")
+
+        assert await retention.run_due(engine, platform_down) == {"job": 1}
+        assert (await engine.queue.get(job_id)).state == "cancelled"
+        kept = await engine.store.fetchone("SELECT 1 FROM deadlines WHERE kind='message'")
+        assert kept is not None  # tried again at the next run
+    finally:
+        await engine.close()
