@@ -254,8 +254,9 @@ async def test_a_future_deadline_is_scheduled_and_fires(tmp_path):
         assert abs(job.next_run_time.timestamp() - await bot.deadline(alice, "photo")) < 0.01
         assert await bot.deadline(alice, "photo") > time.time()
 
-        async def gone() -> bool:
-            return await bot.count("photos", alice) == 0
+        async def gone() -> bool:  # the run is over once it has recorded what it deleted
+            audited = await bot.engine.store.fetchone("SELECT 1 FROM audit WHERE action='retention'")
+            return await bot.count("photos", alice) == 0 and audited is not None
 
         await wait_for(gone, timeout=20)
         assert bot.blob_files(alice) == set()
