@@ -255,7 +255,11 @@ class Engine:
                 outputs = await self.store.fetchall(
                     "SELECT id FROM outputs WHERE job_id=? ORDER BY position", (row["job_id"],)
                 )
-                images = [(o["id"], self.vault.get(row["user_id"], "output", o["id"])) for o in outputs]
+                images = [
+                    (o["id"], data)
+                    for o in outputs
+                    if (data := self._output(row["user_id"], o["id"])) is not None
+                ]
             deliveries.append(
                 Delivery(
                     row["id"],
@@ -273,6 +277,13 @@ class Engine:
     async def retry_deliveries_now(self) -> None:
         """At start-up: try every pending delivery at once instead of waiting out its backoff."""
         await self.store.execute("UPDATE deliveries SET not_before=0 WHERE state='pending'")
+
+    def _output(self, user_id: str, output_id: str) -> bytes | None:
+        """A portrait's bytes, or None if it was deleted meanwhile (delivered or expired by another task)."""
+        try:
+            return self.vault.get(user_id, "output", output_id)
+        except FileNotFoundError:
+            return None
 
     async def delivery_failed(self, delivery: Delivery) -> None:
         """Back off after a failed send (1 s, 2 s, 4 s ... 1 h); give up after a day of tries."""
