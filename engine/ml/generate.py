@@ -112,9 +112,11 @@ def _load_into_text_encoder(encoder: torch.nn.Module, state: dict, metadata: dic
 def _inject(pipe: DiffusionPipeline, name: str, state: dict, metadata: dict) -> None:
     """The full load: inject adapter ``name`` into every component the state dict has tensors for."""
     # The UNet through diffusers; metadata carries r/lora_alpha/targets, so the scale survives.
-    pipe.load_lora_into_unet(
-        state, network_alphas=None, unet=pipe.unet, adapter_name=name, metadata=metadata, _pipeline=pipe
-    )
+    with warnings.catch_warnings():  # several adapters in one UNet is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        pipe.load_lora_into_unet(
+            state, network_alphas=None, unet=pipe.unet, adapter_name=name, metadata=metadata, _pipeline=pipe
+        )
     for prefix, encoder in lora_components(pipe).items():
         part = _split(state, prefix)
         if prefix != "unet" and part:
