@@ -406,7 +406,7 @@ async def run_progress_updates(
     conversation: Conversation, platform: str, stop: asyncio.Event, interval: float = 3.0
 ) -> None:
     """Edit each active job's progress message in place, at most once per `interval` per message."""
-    engine, shown = conversation.engine, {}
+    engine, shown = conversation.engine, {}  # job id -> text last shown, for running jobs only
     while not stop.is_set():
         try:
             rows = await engine.store.fetchall(
@@ -415,6 +415,9 @@ async def run_progress_updates(
                 "JOIN users u ON u.id = j.user_id WHERE u.platform=? AND j.state='running'",
                 (platform,),
             )
+            running = {row["id"] for row in rows}
+            for job_id in [job_id for job_id in shown if job_id not in running]:
+                del shown[job_id]  # finished: its last edit is done by the delivery
             for row in rows:
                 text = conversation.progress_text(row["stage"], row["progress"])
                 if shown.get(row["id"]) == text:

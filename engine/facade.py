@@ -8,7 +8,6 @@ This module never imports torch: the bot can use it without loading the model.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import logging
@@ -438,22 +437,19 @@ class Engine:
         Idempotent: a second call erases nothing and still returns a receipt."""
         async with self.user_lock(user_id):
             await self.queue.cancel_user(user_id)
-            counts = {
-                "photos": await self.photo_count(user_id),
-                "models": len(
-                    await self.store.fetchall("SELECT id FROM adapters WHERE user_id=?", (user_id,))
-                ),
-                "portraits": len(
-                    await self.store.fetchall("SELECT id FROM outputs WHERE user_id=?", (user_id,))
-                ),
-                "jobs": len(await self.store.fetchall("SELECT id FROM jobs WHERE user_id=?", (user_id,))),
-            }
-            counts["files"] = await asyncio.to_thread(self.vault.erase_owner, user_id)
+            files = await asyncio.to_thread(self.vault.erase_owner, user_id)  # the key goes first
             rows = await self.store.erase_user(user_id)
-            counts["consent records"] = rows["consents"]
-            counts["records"] = sum(rows.values())
+            counts = {
+                "photos": rows["photos"],
+                "models": rows["adapters"],
+                "portraits": rows["outputs"],
+                "jobs": rows["jobs"],
+                "files": files,
+                "consent records": rows["consents"],
+                "records": sum(rows.values()),
+            }
             receipt = Receipt(
-                receipt_id=hashlib.sha256(new_id().encode()).hexdigest()[:12].upper(),
+                receipt_id=new_id()[:12].upper(),  # random: it cannot be linked back to the user
                 at=self.clock.now(),
                 counts=counts,
             )

@@ -39,7 +39,6 @@ MIGRATIONS: list[str] = [
         id TEXT PRIMARY KEY,              -- pseudonym: keyed hash of platform + platform user id
         platform TEXT NOT NULL,
         chat BLOB,                        -- sealed: where to deliver (platform chat id, user id)
-        state TEXT NOT NULL DEFAULT 'new',
         model_retention REAL,             -- user's own choice (seconds), NULL = operator default
         message_retention REAL,           -- user's own choice (seconds), NULL = operator default, 0 = off
         created_at REAL NOT NULL,
@@ -289,9 +288,6 @@ class Store:
 
     async def user(self, user_id: str) -> aiosqlite.Row | None:
         return await self.fetchone("SELECT * FROM users WHERE id=?", (user_id,))
-
-    async def set_user_state(self, user_id: str, state: str) -> None:
-        await self.execute("UPDATE users SET state=? WHERE id=?", (state, user_id))
 
     # -- erasure -------------------------------------------------------------------------------------
     async def erase_user(self, user_id: str) -> dict[str, int]:

@@ -303,9 +303,6 @@ class Vault:
             folder.rmdir()
         return removed
 
-    def owners_on_disk(self) -> list[str]:
-        return [p.name for p in self.blob_dir.iterdir() if p.is_dir()]
-
     def close(self) -> None:
         self.keys.close()
 
@@ -320,7 +317,3 @@ class Pseudonymizer:
     def user(self, platform: str, platform_user_id: str | int) -> str:
         message = f"user:{platform}:{platform_user_id}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
-
-    def short(self, pseudonym: str) -> str:
-        """What logs show of a user: a prefix of the pseudonym, never the platform id."""
-        return pseudonym[:8]

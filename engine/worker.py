@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine import retention
@@ -62,9 +63,9 @@ class Models:
         self.train_steps = settings.train_steps
 
 
-def _token(user_id: str) -> str:
-    """The rare-token identifier the user's LoRA is trained on (DreamBooth's 'sks'-style token)."""
-    return "sks"
+# The rare token each user's LoRA is bound to (DreamBooth's convention). Every user has their own adapter,
+# so one token serves all of them.
+TOKEN = "sks"
 
 
 class Worker:
@@ -181,7 +182,7 @@ class Worker:
                 train_lora,
                 self.models.pipe,
                 images,
-                f"a photo of {_token(user_id)} person",
+                f"a photo of {TOKEN} person",
                 config,
                 progress=lambda f, s: progress.update(0.02 + 0.95 * f, s),
                 should_stop=progress.stop.is_set,
@@ -204,7 +205,7 @@ class Worker:
                 (
                     adapter_id,
                     user_id,
-                    _token(user_id),
+                    TOKEN,
                     json.dumps([round(x, 5) for x in result.losses]),
                     now,
                     now,
@@ -309,15 +310,9 @@ def provenance_config(engine: Engine) -> Any:
         deployment_id=deployment,
         invisible_watermark=settings.invisible_watermark,
         visible_watermark=settings.visible_watermark,
-        c2pa_cert=_path(settings.c2pa_cert),
-        c2pa_key=_path(settings.c2pa_key),
+        c2pa_cert=Path(settings.c2pa_cert) if settings.c2pa_cert else None,
+        c2pa_key=Path(settings.c2pa_key) if settings.c2pa_key else None,
     )
-
-
-def _path(value: str) -> Any:
-    from pathlib import Path
-
-    return Path(value) if value else None
 
 
 def _reason(error: Exception) -> str:

@@ -117,8 +117,6 @@ async def test_ensure_user(store: Store, fake_clock: FakeClock) -> None:
     user = await store.user(ALICE)
     assert user["chat"] == b"sealed-chat"  # None keeps the known address
     assert user["last_active_at"] == user["created_at"] + 60
-    await store.set_user_state(ALICE, "trained")
-    assert (await store.user(ALICE))["state"] == "trained"
     assert await store.user(BOB) is None
 
 
