@@ -20,24 +20,21 @@ from bot.app import App
 from bot.delivery import deliver_pending
 from bot.events import Button, ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply
 from engine.facade import Engine
-from engine.settings import Settings, load_settings
+from engine.settings import Settings
 from engine.store import USER_TABLES, Clock, FakeClock
 from tests import faces_data as fd
+from tests.tiny_settings import tiny_settings
 
 HOUR = 3600.0
 
-BASE_ENV = {
-    "LIKENESS_ENGINE_MODEL": "tiny",
-    "LIKENESS_ENGINE_TRAIN_STEPS": "5",
-    "LIKENESS_UPLOAD_MIN_PHOTOS": "3",
-    "LIKENESS_ENGINE_IMAGES_PER_REQUEST": "2",
+RETENTION_ENV = {  # the watermark is not what these tests are about, and it costs time
     "LIKENESS_ENGINE_POLL_INTERVAL": "0.1",
     "LIKENESS_PROVENANCE_INVISIBLE_WATERMARK": "false",
 }
 
 
 def make_settings(data_dir: Path, **env: str) -> Settings:
-    return load_settings({**BASE_ENV, "LIKENESS_DATA_DIR": str(data_dir), **env})
+    return tiny_settings(data_dir, **{**RETENTION_ENV, **env})
 
 
 @functools.cache

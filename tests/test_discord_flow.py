@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,10 +16,11 @@ from discord.gateway import DiscordWebSocket
 from bot.app import App
 from bot.discord_bot import DiscordFrontend, split_text
 from bot.flow import COMMANDS
-from engine.settings import Settings, load_settings
+from engine.settings import Settings
 from tests import faces_data as fd
 from tests.fake_discord import FakeDiscord, FakeDiscordUser, FakeMessage
 from tests.fake_telegram import FakeTelegram
+from tests.tiny_settings import tiny_settings
 
 JPEG = "image/jpeg"
 T = TypeVar("T")
@@ -43,20 +43,13 @@ def photos() -> list[tuple[str, bytes, str]]:
 
 
 def make_settings(data_dir: Path, fake: FakeDiscord, telegram: FakeTelegram | None = None) -> Settings:
-    env = dict(
-        os.environ,
-        LIKENESS_DATA_DIR=str(data_dir),
+    return tiny_settings(
+        data_dir,
         LIKENESS_TELEGRAM_TOKEN=telegram.token if telegram else "",
         LIKENESS_TELEGRAM_API_URL=telegram.base_url if telegram else "https://api.telegram.org",
         LIKENESS_DISCORD_TOKEN=fake.token,
         LIKENESS_DISCORD_API_URL=fake.api_url,
-        LIKENESS_ENGINE_MODEL="tiny",
-        LIKENESS_ENGINE_TRAIN_STEPS="5",
-        LIKENESS_UPLOAD_MIN_PHOTOS="3",
-        LIKENESS_ENGINE_IMAGES_PER_REQUEST="2",
-        LIKENESS_ENGINE_POLL_INTERVAL="0.2",
     )
-    return load_settings(env)
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,6 @@ the tests check what it recorded and then drive the same running bot with other 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from bot.app import App
 from bot.delivery import deliver_pending
 from bot.flow import COMMANDS
 from engine.provenance import verify_image
-from engine.settings import Settings, load_settings
+from engine.settings import Settings
 from tests import faces_data as fd
 from tests.certs import make_test_chain
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
+from tests.tiny_settings import tiny_settings
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 
@@ -35,22 +35,13 @@ def settings_for(fake: FakeTelegram, data_dir: Path) -> Settings:
     certs = data_dir.parent / f"c2pa-{data_dir.name}"  # outside the data dir: not user data
     certs.mkdir(exist_ok=True)
     chain = make_test_chain(certs)
-    env = dict(
-        os.environ,
-        LIKENESS_DATA_DIR=str(data_dir),
+    return tiny_settings(
+        data_dir,
         LIKENESS_TELEGRAM_TOKEN=fake.token,
         LIKENESS_TELEGRAM_API_URL=fake.base_url,
-        LIKENESS_DISCORD_TOKEN="",
-        LIKENESS_ENGINE_MODEL="tiny",
-        LIKENESS_ENGINE_DEVICE="cpu",
-        LIKENESS_ENGINE_TRAIN_STEPS="5",
-        LIKENESS_ENGINE_IMAGES_PER_REQUEST="2",
-        LIKENESS_ENGINE_POLL_INTERVAL="0.2",
-        LIKENESS_UPLOAD_MIN_PHOTOS="3",
         LIKENESS_PROVENANCE_C2PA_CERT=str(chain.cert),
         LIKENESS_PROVENANCE_C2PA_KEY=str(chain.key),
     )
-    return load_settings(env)
 
 
 def same_person_photos() -> list[bytes]:
