@@ -11,9 +11,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from engine.__main__ import install_stop_signals, setup_logging
+from engine.errors import StartupError, VaultError
+from engine.runtime import install_stop_signals, setup_logging
 from engine.settings import SettingsError, load_settings
-from engine.vault import VaultError
 
 
 async def run(console_dir: Path | None) -> None:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level if args.console is None else "WARNING")
-    from bot.app import NoFrontend, StartupError
+    from bot.app import NoFrontend
 
     try:
         asyncio.run(run(args.console))

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from bot.events import Button, ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
 from bot.texts import Texts, eta_text, progress_bar, utc
-from engine.facade import Engine
-from engine.intake import Accepted, Rejected
+from engine.errors import Refused
+from engine.facade import Accepted, Engine, Rejected
 from engine.settings import format_duration
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,8 @@ class Conversation:
             return
         try:
             job_id = await self.engine.start_training(user_id)
-        except ValueError as error:
-            upload = self.engine.settings.upload
-            count = await self.engine.photo_count(user_id)
-            key = "train_already" if str(error) == "already_training" else "train_not_enough"
-            await self.say(chat, Reply(self.t(key, min_photos=upload.min_photos, count=count)), event)
+        except Refused as refusal:
+            await self.say(chat, Reply(self.t.refusal(refusal)), event)
             return
         position = await self.position_text(user_id, job_id)
         await self.show_progress(chat, user_id, job_id, self.t("train_queued", position=position), event)
@@ -201,10 +198,8 @@ class Conversation:
     async def styles(self, event: Command, user_id: str) -> None:
         if not await self.require_consent(event.chat, user_id, event):
             return
-        has_model = await self.engine.adapter(user_id) is not None
-        training = any(job.kind == "train" for job in await self.engine.queue.active_jobs(user_id))
-        if not has_model and not training:
-            await self.say(event.chat, Reply(self.t("no_model")), event)
+        if not await self.engine.has_model(user_id) and not await self.engine.active_training(user_id):
+            await self.say(event.chat, Reply(self.t.refusal(Refused("no_model"))), event)
             return
         await self.say(event.chat, Reply(self.t("styles"), buttons=self.style_buttons()), event)
 
@@ -214,8 +209,8 @@ class Conversation:
             return
         try:
             job_id = await self.engine.request_portraits(user_id, key)
-        except ValueError as error:
-            await self.say(chat, Reply(self.t(str(error))))
+        except Refused as refusal:
+            await self.say(chat, Reply(self.t.refusal(refusal)))
             return
         preset = self.engine.presets[key]
         position = await self.position_text(user_id, job_id)
@@ -228,10 +223,9 @@ class Conversation:
         await self.show_progress(chat, user_id, job_id, text)
 
     async def position_text(self, user_id: str, job_id: str) -> str:
-        job = await self.engine.job(user_id, job_id)
-        if job is None:
+        position = await self.engine.job_position(user_id, job_id)
+        if position is None:
             return ""
-        position = await self.engine.queue.position(job)
         if position.ahead == 0:
             return self.t("queue_position_now", eta=eta_text(position.eta_seconds))
         return self.t("queue_position", ahead=position.ahead, eta=eta_text(position.eta_seconds))
@@ -263,7 +257,7 @@ class Conversation:
         if kind == "cancel" and arg:
             job = await self.engine.job(user_id, arg)
             if job is None:
-                await self.messenger(chat).acknowledge(press, self.t("not_yours"))
+                await self.messenger(chat).acknowledge(press, self.t.refusal(Refused("not_yours")))
                 return
         await self.messenger(chat).acknowledge(press)
         if kind == "consent" and arg in {"yes", "no"}:
@@ -275,7 +269,7 @@ class Conversation:
         elif kind == "styles":
             await self.say(chat, Reply(self.t("styles"), buttons=self.style_buttons()))
         elif kind == "cancel" and arg:
-            count = 1 if await self.engine.queue.cancel(arg, user_id) else 0
+            count = 1 if await self.engine.cancel_job(user_id, arg) else 0
             await self.say(chat, Reply(self.t("cancelled", count=count)))
         elif kind == "forget" and arg in {"yes", "no"}:
             if arg == "yes":
@@ -358,7 +352,7 @@ class Conversation:
         await self.say(chat, Reply(self.t("settings_saved", what=self.t.setting_button(key))))
 
     async def mydata(self, event: Command, user_id: str) -> None:
-        if await self.engine.store.user(user_id) is None:
+        if not await self.engine.is_known(user_id):
             await self.say(event.chat, Reply(self.t("mydata_empty")), event)
             return
         summary, archive = await self.engine.export(user_id)
@@ -409,28 +403,23 @@ async def run_progress_updates(
     engine, shown = conversation.engine, {}  # job id -> text last shown, for running jobs only
     while not stop.is_set():
         try:
-            rows = await engine.store.fetchall(
-                "SELECT j.id, j.user_id, j.progress, j.stage, j.state, m.message_id FROM jobs j "
-                "JOIN sent_messages m ON m.job_id = j.id AND m.kind='progress' "
-                "JOIN users u ON u.id = j.user_id WHERE u.platform=? AND j.state='running'",
-                (platform,),
-            )
-            running = {row["id"] for row in rows}
+            jobs = await engine.running_progress(platform)
+            running = {job.job_id for job in jobs}
             for job_id in [job_id for job_id in shown if job_id not in running]:
                 del shown[job_id]  # finished: its last edit is done by the delivery
-            for row in rows:
-                text = conversation.progress_text(row["stage"], row["progress"])
-                if shown.get(row["id"]) == text:
+            for job in jobs:
+                text = conversation.progress_text(job.stage, job.progress)
+                if shown.get(job.job_id) == text:
                     continue
-                address = await engine.chat_of(row["user_id"])
+                address = await engine.chat_of(job.user_id)
                 if address is None:
                     continue
                 chat = Chat(platform, address["chat_id"], address["user_id"], True)
-                buttons = ((Button(conversation.t.button("cancel"), f"cancel:{row['id']}"),),)
+                buttons = ((Button(conversation.t.button("cancel"), f"cancel:{job.job_id}"),),)
                 await conversation.messengers[platform].edit(
-                    chat, row["message_id"], Reply(text, buttons=buttons)
+                    chat, job.message_id, Reply(text, buttons=buttons)
                 )
-                shown[row["id"]] = text
+                shown[job.job_id] = text
         except Exception:
             log.exception("progress update failed; trying again")
         with contextlib.suppress(TimeoutError):

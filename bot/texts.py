@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.intake import Rejected
+from engine.errors import Refused
+from engine.facade import Rejected, message_cap
 from engine.settings import CONFIG_DIR, Settings, format_duration
 
 TEXTS_FILE = CONFIG_DIR / "texts.toml"
@@ -45,8 +46,6 @@ class Texts:
             policy["schedule_outputs"].format(outputs=format_duration(retention.outputs)),
         ]
         if retention.messages > 0:
-            from engine.retention import message_cap
-
             seconds = min(retention.messages, message_cap(platform or ""))
             lines.append(policy["schedule_messages_on"].format(messages=format_duration(seconds)))
         else:
@@ -73,6 +72,10 @@ class Texts:
     @property
     def attestation(self) -> str:
         return self.data["policy"]["attestation"]
+
+    def refusal(self, refused: Refused) -> str:
+        """The text for an engine refusal: [refusals] has one entry per reason."""
+        return self.data["refusals"][refused.reason].format(**refused.detail)
 
     def rejection(self, rejected: Rejected) -> tuple[str, str]:
         """(reason, tip) for an intake rejection."""

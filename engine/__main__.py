@@ -10,25 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 
+from engine.errors import VaultError
+from engine.runtime import install_stop_signals, setup_logging
 from engine.settings import Settings, SettingsError, load_settings
-from engine.vault import MasterKeyError, VaultError
 
 log = logging.getLogger("engine")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "apscheduler", "telegram", "discord", "PIL", "diffusers", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
 
 async def run_worker(settings: Settings) -> None:
@@ -97,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(__doc__, file=sys.stderr)
             return 2
         asyncio.run(run_worker(settings))
-    except (MasterKeyError, VaultError) as error:
+    except VaultError as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a model that cannot be loaded, etc.: one clear line

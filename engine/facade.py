@@ -16,12 +16,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import retention
+from engine.clock import Clock
+from engine.errors import Refused
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
+from engine.retention import message_cap
 from engine.settings import Settings
-from engine.store import Clock, Store, new_id
+from engine.store import Store, new_id
 from engine.vault import Pseudonymizer, Vault, load_or_create_master_key
+
+# What callers outside the engine may use of the engine's types: they come from here.
+__all__ = [
+    "Accepted",
+    "Delivery",
+    "Engine",
+    "Job",
+    "MessageTarget",
+    "PhotoResult",
+    "Preset",
+    "QueuePosition",
+    "Receipt",
+    "Refused",
+    "Rejected",
+    "RunningJob",
+    "UserStatus",
+    "message_cap",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +67,26 @@ class Delivery:
     preset: str | None = None
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A running job with a progress message to keep up to date."""
+
+    job_id: str
+    user_id: str
+    progress: float
+    stage: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class MessageTarget:
+    """Where a message the bot sent lives, so it can be deleted."""
+
+    platform: str
+    chat: dict[str, Any]
+    message_id: str
 
 
 @dataclass(frozen=True)
@@ -101,6 +142,10 @@ class Engine:
     @property
     def clock(self) -> Clock:
         return self.store.clock
+
+    async def is_known(self, user_id: str) -> bool:
+        """True if anything of the user is stored (a user row exists)."""
+        return await self.store.user(user_id) is not None
 
     def pseudonym(self, platform: str, platform_user_id: str | int) -> str:
         return self.pseudonyms.user(platform, platform_user_id)
@@ -199,12 +244,20 @@ class Engine:
             "SELECT * FROM adapters WHERE user_id=? ORDER BY created_at DESC LIMIT 1", (user_id,)
         )
 
+    async def has_model(self, user_id: str) -> bool:
+        return await self.adapter(user_id) is not None
+
+    async def active_training(self, user_id: str) -> bool:
+        """True while a training job of the user is queued or running."""
+        return any(job.kind == "train" for job in await self.queue.active_jobs(user_id))
+
     async def start_training(self, user_id: str) -> str:
-        """Queue a training job (one at a time); returns its id. Raises ValueError with a reason code."""
-        if await self.photo_count(user_id) < self.settings.upload.min_photos:
-            raise ValueError("not_enough_photos")
-        if any(job.kind == "train" for job in await self.queue.active_jobs(user_id)):
-            raise ValueError("already_training")
+        """Queue a training job (one at a time); returns its id. Raises `Refused`."""
+        count = await self.photo_count(user_id)
+        if count < self.settings.upload.min_photos:
+            raise Refused("not_enough_photos", min_photos=self.settings.upload.min_photos, count=count)
+        if await self.active_training(user_id):
+            raise Refused("already_training", min_photos=self.settings.upload.min_photos, count=count)
         job_id = await self.queue.enqueue(user_id, "train", {})
         await retention.set_deadline(
             self.store, user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
@@ -212,13 +265,11 @@ class Engine:
         return job_id
 
     async def request_portraits(self, user_id: str, preset_key: str) -> str:
-        """Queue a generation job for a known preset; raises ValueError('no_model' | 'unknown_style')."""
+        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style)."""
         if preset_key not in self.presets:
-            raise ValueError("unknown_style")
-        if await self.adapter(user_id) is None and not any(
-            job.kind == "train" for job in await self.queue.active_jobs(user_id)
-        ):
-            raise ValueError("no_model")
+            raise Refused("unknown_style")
+        if not await self.has_model(user_id) and not await self.active_training(user_id):
+            raise Refused("no_model")
         job_id = await self.queue.enqueue(
             user_id, "generate", {"preset": preset_key, "count": self.settings.engine.images_per_request}
         )
@@ -232,8 +283,42 @@ class Engine:
         job = await self.queue.get(job_id)
         return job if job and job.user_id == user_id else None
 
+    async def job_position(self, user_id: str, job_id: str) -> QueuePosition | None:
+        """How many jobs run before the user's job, and its ETA; None if it is not the user's."""
+        job = await self.job(user_id, job_id)
+        return await self.queue.position(job) if job else None
+
+    async def cancel_job(self, user_id: str, job_id: str) -> bool:
+        """Cancel one of the user's active jobs; False if it is not theirs or already over."""
+        return await self.queue.cancel(job_id, user_id)
+
     async def cancel_jobs(self, user_id: str) -> int:
         return await self.queue.cancel_user(user_id)
+
+    async def running_progress(self, platform: str) -> list[RunningJob]:
+        """Running jobs of the platform's users that have a progress message to update."""
+        rows = await self.store.fetchall(
+            "SELECT j.id, j.user_id, j.progress, j.stage, m.message_id FROM jobs j "
+            "JOIN sent_messages m ON m.job_id = j.id AND m.kind='progress' "
+            "JOIN users u ON u.id = j.user_id WHERE u.platform=? AND j.state='running'",
+            (platform,),
+        )
+        return [
+            RunningJob(row["id"], row["user_id"], row["progress"], row["stage"], row["message_id"])
+            for row in rows
+        ]
+
+    async def message_target(self, user_id: str, row_id: str) -> MessageTarget | None:
+        """The chat and platform message id of one recorded message of the user (for deletion)."""
+        row = await self.store.fetchone(
+            "SELECT m.message_id, u.platform FROM sent_messages m JOIN users u ON u.id = m.user_id "
+            "WHERE m.id=? AND m.user_id=?",
+            (row_id, user_id),
+        )
+        chat = await self.chat_of(user_id)
+        if row is None or chat is None:
+            return None
+        return MessageTarget(row["platform"], chat, row["message_id"])
 
     # -- outbox ---------------------------------------------------------------------------------------
     async def pending_deliveries(self, platform: str) -> list[Delivery]:
@@ -353,7 +438,7 @@ class Engine:
         user = await self.store.user(user_id)
         chosen = user["message_retention"] if user and user["message_retention"] is not None else None
         value = self.settings.retention.messages if chosen is None else chosen
-        return min(value, retention.message_cap(platform)) if value > 0 else 0.0
+        return min(value, message_cap(platform)) if value > 0 else 0.0
 
     async def set_model_retention(self, user_id: str, seconds: float) -> None:
         """A user's own choice, capped by the operator; applies at once to the current model."""

@@ -11,13 +11,16 @@ import asyncio
 import contextvars
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from engine.clock import Clock, FakeClock
+
+__all__ = ["Clock", "FakeClock", "Store", "new_id"]
 
 # Every table that holds a user's rows, in deletion order. `erase_user` and the tests use this list.
 USER_TABLES = (
@@ -146,24 +149,6 @@ def _bind(params: Iterable[Any] | dict[str, Any]) -> tuple[Any, ...] | dict[str,
 def new_id() -> str:
     """A random opaque id (also used as blob id)."""
     return secrets.token_hex(12)
-
-
-class Clock:
-    """Wall-clock seconds. Tests pass a `FakeClock` to move time."""
-
-    def now(self) -> float:
-        return time.time()
-
-
-class FakeClock(Clock):
-    def __init__(self, start: float = 1_800_000_000.0):
-        self.current = start
-
-    def now(self) -> float:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += seconds
 
 
 class Store:

@@ -26,6 +26,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from engine.errors import VaultError
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"LKV1"
@@ -33,10 +35,6 @@ CHUNK_SIZE = 1 << 20  # 1 MiB of plaintext per AES-GCM call (pyca refuses more t
 _HEADER = struct.Struct(">4sI8s")  # magic, chunk size, random nonce prefix
 _TAG = 16
 _SYSTEM_OWNER = "~system"  # holder of the pseudonym secret; never a pseudonymous user id (those are hex)
-
-
-class VaultError(Exception):
-    """Base class for vault failures."""
 
 
 class BlobCorrupt(VaultError):

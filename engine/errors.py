@@ -1,0 +1,37 @@
+"""The engine's exceptions that callers outside the engine handle: one refusal type, and start-up errors.
+
+`Refused` is what the conversation turns into text: its `reason` is one of `REASONS`, and nothing else is
+ever shown to a user as a reason. Everything else is a bug or an operator problem, logged, never shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+Reason = Literal[
+    "not_enough_photos",  # training needs more photos: detail min_photos, count
+    "already_training",  # a training job of this user is queued or running
+    "no_model",  # a style was asked for before any model exists or is being trained
+    "unknown_style",  # the preset is not offered (any more)
+    "not_yours",  # the job (or message) named belongs to someone else, or does not exist
+]
+REASONS: frozenset[str] = frozenset(get_args(Reason))
+
+
+class Refused(Exception):
+    """The engine will not do what was asked, for a reason the user can be told."""
+
+    def __init__(self, reason: Reason, **detail: Any):
+        if reason not in REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        super().__init__(reason)
+        self.reason: Reason = reason
+        self.detail: dict[str, Any] = detail
+
+
+class StartupError(Exception):
+    """Something the operator must fix before the service can start; `str()` is one line."""
+
+
+class VaultError(Exception):
+    """The vault cannot serve a request: a bad or missing master key, a corrupt blob, a shredded key."""
