@@ -134,38 +134,6 @@ def test_master_key_rotation_on_the_postgres_key_store(postgres_server, tmp_path
 
 
 # -- blobs in S3-compatible storage ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's standalone S3 server on 127.0.0.1, with credentials from the standard AWS variables."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_server, monkeypatch) -> str:
-    import secrets
-
-    import boto3
-
-    for name, value in {
-        "AWS_ENDPOINT_URL_S3": s3_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    name = f"likeness-{secrets.token_hex(4)}"
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=name)
-    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    return name
-
-
 def all_versions(bucket: str) -> list[str]:
     import boto3
 
