@@ -19,9 +19,10 @@ from typing import Any
 from bot.app import App
 from bot.delivery import deliver_pending
 from bot.events import Button, ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply
+from engine.clock import Clock, FakeClock
+from engine.db import USER_TABLES
 from engine.facade import Engine
 from engine.settings import Settings
-from engine.store import USER_TABLES, Clock, FakeClock
 from tests import faces_data as fd
 from tests.tiny_settings import tiny_settings
 
@@ -33,8 +34,12 @@ RETENTION_ENV = {  # the watermark is not what these tests are about, and it cos
 }
 
 
+# Where rows and keys go: set per test by the `on_every_backend` fixture (empty: SQLite in the data dir).
+BACKEND_ENV: dict[str, str] = {}
+
+
 def make_settings(data_dir: Path, **env: str) -> Settings:
-    return tiny_settings(data_dir, **{**RETENTION_ENV, **env})
+    return tiny_settings(data_dir, **{**RETENTION_ENV, **BACKEND_ENV, **env})
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Job queue: per-user order, fairness between users, leases, retries, cancellation, ETAs."""
+"""Job queue, on every storage backend: per-user order, fairness between users, leases, retries, cancellation, ETAs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from engine.clock import FakeClock
+from engine.db import Database, Tables
 from engine.queue import DEFAULT_DURATIONS, Job, JobQueue
-from engine.store import FakeClock, Store
 
 LEASE = 60.0
 BACKOFF = 10.0
@@ -15,10 +16,11 @@ ALICE, BOB, CAROL, DAVE = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 
 
 @pytest.fixture
-async def queue(store: Store) -> JobQueue:
+async def queue(db: Database) -> JobQueue:
+    """A queue on each storage backend, with four users."""
     for user in (ALICE, BOB, CAROL, DAVE):
-        await store.ensure_user(user, "telegram", None)
-    return JobQueue(store, lease_seconds=LEASE, max_attempts=3, backoff_seconds=BACKOFF)
+        await Tables(db).users.ensure(user, "telegram", None)
+    return JobQueue(db, lease_seconds=LEASE, max_attempts=3, backoff_seconds=BACKOFF)
 
 
 async def claim(queue: JobQueue, worker: str = "w1") -> Job:
