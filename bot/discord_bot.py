@@ -316,7 +316,8 @@ class DiscordFrontend:
         async def answer(text: str) -> None:  # the private answer to the command, e.g. an apology
             await interaction.edit_original_response(content=text)
 
-        in_dm = in_bot_dm(interaction)
+        # In the user's own DM with the bot, answer there; anywhere else, continue in that DM.
+        in_dm = in_bot_dm(interaction) and await by_dm_user(interaction)
         try:
             channel_id = interaction.channel_id if in_dm else (await interaction.user.create_dm()).id
         except discord.HTTPException:

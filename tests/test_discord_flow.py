@@ -267,6 +267,14 @@ async def test_a_press_in_another_users_dm_only_gets_a_short_answer(
             assert status.jobs == [] and status.photos == len(photos)
         assert len(press.responses) == 2
 
+        # A slash command sent from Alex's DM by Mallory (a forged interaction) answers in Mallory's own DM.
+        status = {"id": fake.commands["status"]["id"], "name": "status", "type": 1, "options": []}
+        command = await fake._start_interaction(mallory, 2, alex.dm_channel_id, status, None)
+        await fake.wait_for(lambda: dm_with(fake, mallory, text="What is stored about you"))
+        await fake.wait_for(lambda: len(command.responses) == 2)
+        assert "direct message" in command.responses[1].content  # "continue in your DM", privately
+        assert visible(alex) == before[alex.id]
+
         own = await alex.press(summary, "train")  # the same button, pressed by its owner, still works
         await fake.wait_for(lambda: dm_with(fake, alex, text="Training queued"))
         assert own.responses[0].type == 6
