@@ -67,13 +67,11 @@ def some_id(arg: str) -> bool:
 
 
 class Conversation:
-    def __init__(self, engine: Engine, texts: Texts, messengers: dict[str, Messenger] | None = None):
+    def __init__(self, engine: Engine, texts: Texts):
         self.engine = engine
         self.t = texts
         self.buttons = Buttons(texts, engine.presets)
-        self.messengers: dict[str, Messenger] = {}
-        for messenger in (messengers or {}).values():
-            self.add_messenger(messenger)
+        self.messengers: dict[str, Messenger] = {}  # platform -> its adapter's Messenger
         self._handlers: dict[str, Callable[[Command, str], Awaitable[None]]] = {
             "start": self.start,
             "help": self.help,
