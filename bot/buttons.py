@@ -69,7 +69,8 @@ def decode(data: str) -> Pressed | None:
 
 
 class Buttons:
-    """Every button the bot shows: the label from `config/texts.toml` (or the preset), the data from `encode`."""
+    """Every button the bot shows, each built only here: its label from `config/texts.toml` (a style's
+    from its preset), its data from `encode`."""
 
     def __init__(self, texts: Texts, presets: Mapping[str, Preset]):
         self.t = texts

@@ -2,8 +2,9 @@
 
 The retention schedule the user reads (consent text, /privacy, /status) is generated here from the same
 settings the code enforces, so the two cannot disagree; on a platform that limits how long a bot may
-delete its messages (`Messenger.message_lifetime`), the schedule says the shorter time. The policy version is a hash of the rendered
-policy: change the text or a retention setting and every user is asked to consent again.
+delete its messages (`Messenger.message_lifetime`), the schedule says the shorter time. The policy version
+is a hash of the rendered policy: change the text or a retention setting and every user is asked to
+consent again.
 """
 
 from __future__ import annotations
