@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine.clock import FakeClock
+from engine.db import Database
 from engine.db.sqlite import SqliteDatabase as Store
-from engine.vault import Vault, new_master_key
+from engine.vault import Vault, encode_master_key, new_master_key
+from tests.postgres_server import PostgresServer, running_server
 
 
 @pytest.fixture
@@ -42,3 +44,82 @@ def vault(data_dir: Path, master_key: bytes) -> Iterator[Vault]:
     vault = Vault(data_dir, master_key)
     yield vault
     vault.close()
+
+
+# -- both storage backends --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL cluster for the whole run (started on first use)."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(
+    request: pytest.FixtureRequest, data_dir: Path, fake_clock: FakeClock
+) -> AsyncIterator[Database]:
+    """An empty, migrated database on each backend."""
+    if request.param == "sqlite":
+        database: Database = await Store.open(data_dir / "likeness.sqlite3", fake_clock)
+    else:
+        from engine.db.postgres.connection import PostgresDatabase
+
+        server = request.getfixturevalue("postgres_server")
+        database = await PostgresDatabase.open(server.url(server.new_database()), fake_clock)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """`LIKENESS_*` settings that put rows and keys on each backend (empty: the embedded default)."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("postgres_server")
+    return {
+        "LIKENESS_DATABASE_URL": server.url(server.new_database()),
+        "LIKENESS_KEYSTORE_URL": server.url(server.new_database()),
+        "LIKENESS_MASTER_KEY": encode_master_key(new_master_key()),
+    }
+
+
+@pytest.fixture
+def on_every_backend(backend_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pytestmark = pytest.mark.usefixtures("on_every_backend")` runs a module's whole-product tests on
+    SQLite and on PostgreSQL (through `tests.retention_fixtures.make_settings`)."""
+    from tests import retention_fixtures
+
+    monkeypatch.setattr(retention_fixtures, "BACKEND_ENV", backend_env)
+
+
+# -- S3-compatible object storage ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3 server on 127.0.0.1, with credentials from the standard AWS variables."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import secrets
+
+    import boto3
+
+    for name, value in {
+        "AWS_ENDPOINT_URL_S3": s3_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    name = f"likeness-{secrets.token_hex(4)}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=name)
+    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
