@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from telegram import (
     BotCommand,
@@ -45,7 +47,7 @@ from telegram.ext import (
 
 from bot.events import ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply, TextMessage
 from bot.flow import COMMANDS, Conversation
-from engine.settings import Url
+from engine.settings import SettingsError, Url
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,32 @@ class TelegramSettings:
     token: str
     api_url: Url
     protect_content: bool
+    webhook_url: str
+    webhook_secret: str
+    webhook_listen: str
+
+    def __post_init__(self) -> None:
+        if not self.webhook_url:
+            return
+        if not re.match(r"^https://[^/\s]+/\S*$", self.webhook_url):
+            raise SettingsError(
+                f"setting LIKENESS_TELEGRAM_WEBHOOK_URL: expected the public https:// URL Telegram posts "
+                f"updates to, got {self.webhook_url!r}"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", self.webhook_secret):
+            raise SettingsError(
+                "setting LIKENESS_TELEGRAM_WEBHOOK_SECRET: required with a webhook URL: 16 to 256 characters "
+                "of A-Z, a-z, 0-9, _ and - (e.g. the output of `openssl rand -hex 32`)"
+            )
+        if not re.fullmatch(r"[^\s:]+:\d{1,5}", self.webhook_listen):
+            raise SettingsError(
+                f"setting LIKENESS_TELEGRAM_WEBHOOK_LISTEN: expected host:port, got {self.webhook_listen!r}"
+            )
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.webhook_listen.rpartition(":")
+        return host, int(port)
 
 
 SETTINGS = TelegramSettings
@@ -240,6 +268,7 @@ class TelegramFrontend:
     """Builds the Application, registers the handlers in one place, and runs long polling."""
 
     def __init__(self, settings: TelegramSettings, conversation: Conversation):
+        self.settings = settings
         api = settings.api_url.rstrip("/")
         self.app = (
             ApplicationBuilder()
@@ -313,8 +342,25 @@ class TelegramFrontend:
             ) from None
         await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS.items()])
         await self.app.start()
-        await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)
-        log.info("telegram front-end polling")
+        if self.settings.webhook_url:
+            await self._start_webhook()
+        else:
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)
+            log.info("telegram front-end polling")
+
+    async def _start_webhook(self) -> None:
+        """Serve the webhook URL's path on the listen address (behind the operator's HTTPS proxy or load
+        balancer) and register the URL with its secret: a request without the secret header gets 403."""
+        host, port = self.settings.listen
+        await self.app.updater.start_webhook(
+            listen=host,
+            port=port,
+            url_path=urlsplit(self.settings.webhook_url).path.lstrip("/"),
+            webhook_url=self.settings.webhook_url,
+            secret_token=self.settings.webhook_secret,
+            drop_pending_updates=False,
+        )
+        log.info("telegram front-end receiving updates by webhook on %s:%d", host, port)
 
     async def stop(self) -> None:
         for task in self._album_tasks.values():
