@@ -51,8 +51,7 @@ def test_refinement_redraws_the_face_region_only_and_keeps_the_size(gen, small_f
 
 
 def test_upscale_doubles_the_size_with_tiled_decoding_and_restores_the_vae(gen):
-    (image,) = gen.generate(None, FAST, "sks person", 1, seed=3)
-    assert image.size == preset_size(FAST, 64, 8)
+    image = faces_data.coffee().resize(preset_size(FAST, 64, 8))
     big = gen.upscale(None, FAST, "sks person", image, seed=3)
     assert big.size == (image.width * 2, image.height * 2)
     assert not gen.pipe.vae.use_tiling  # tiling was on for the pass only
