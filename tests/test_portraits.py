@@ -59,13 +59,13 @@ def test_upscale_doubles_the_size_with_tiled_decoding_and_restores_the_vae(gen):
     assert max(big.size) > gen.pipe.vae.tile_sample_min_size
 
 
-def test_follow_up_passes_can_be_stopped(gen, small_face):
-    image, box = small_face
+def test_follow_up_passes_can_be_stopped(gen):
+    image = faces_data.coffee().resize((48, 32))
     with pytest.raises(GenerationStopped):
-        gen.refine_face(None, FAST, "sks person", image, box, seed=1, should_stop=lambda: True)
+        gen.refine_face(None, FAST, "sks person", image, (16, 8, 32, 24), seed=1, should_stop=lambda: True)
     with pytest.raises(GenerationStopped):
         gen.upscale(None, FAST, "sks person", image, seed=1, should_stop=lambda: True)
-    assert not gen.pipe.vae.use_tiling
+    assert not gen.pipe.vae.use_tiling and loaded_adapters(gen.pipe) == set()
 
 
 def test_best_of_n_always_delivers_the_requested_count_with_the_gate(gen):
@@ -76,12 +76,15 @@ def test_best_of_n_always_delivers_the_requested_count_with_the_gate(gen):
         min_likeness=50, progress=lambda f, _m: seen.append(f),
     )  # fmt: skip
     width, height = preset_size(FAST, 64, 8)
-    assert result.candidates == 4 and len(result.images) == len(result.scores) == 2
+    assert len(result.candidates) == 4 and len(result.images) == len(result.scores) == 2
     assert all(image.size == (width * 2, height * 2) for image in result.images)
     # Random tiny weights draw no faces: nothing reaches the minimum, both are delivered anyway.
     assert all(s.faces == 0 and s.likeness is None for s in result.scores)
     assert result.below_minimum == 2 and result.refined == 0
     assert seen == sorted(seen) and seen[-1] == 1.0
+    meta = result.metadata()
+    assert meta["delivered"] == [0, 1] and meta["below_minimum"] == 2  # no face: generation order
+    assert meta["candidates"] == [{"faces": 0, "distance": None}] * 4
 
 
 def test_sdxl_layout_refines_and_upscales():

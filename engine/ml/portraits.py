@@ -33,8 +33,24 @@ class Portraits:
     scores: list[Score]
     below_minimum: int  # delivered portraits under the minimum likeness or without exactly one face
     # (0 without a signature: nothing to measure against)
-    candidates: int  # how many were generated
+    candidates: list[Score]  # every candidate's score, in generation order
+    chosen: list[int]  # the delivered candidates' indices, best first
     refined: int  # how many refinements were kept
+
+    def metadata(self) -> dict:
+        """What the job keeps (no logs): raw distances and face counts of every candidate, which were
+        delivered, the delivered ones' final distances, how many missed the minimum and were refined."""
+
+        def distance(s: Score) -> float | None:
+            return None if s.distance is None else round(s.distance, 4)
+
+        return {
+            "candidates": [{"faces": s.faces, "distance": distance(s)} for s in self.candidates],
+            "delivered": self.chosen,
+            "final": [{"faces": s.faces, "distance": distance(s)} for s in self.scores],
+            "below_minimum": self.below_minimum,
+            "refined": self.refined,
+        }
 
 
 def make_portraits(
@@ -122,7 +138,7 @@ def make_portraits(
     below = sum(1 for s in picked_scores if not s.reaches(min_likeness)) if signature else 0
     if progress:
         progress(1.0, "done")
-    return Portraits(picked, picked_scores, below, total, refined)
+    return Portraits(picked, picked_scores, below, scores, chosen, refined)
 
 
 def _not_worse(after: Score, before: Score) -> bool:
