@@ -33,7 +33,8 @@ from engine import faces
 
 THRESHOLD = 0.6  # dlib's same-person operating point (distance)
 SPREAD = 0.05  # distance units per e-fold of the logistic curve
-DETECT_LONG_SIDE = 1024  # faces are found on a copy at most this long (HOG upsampled once: ~20 px faces)
+DETECT_LONG_SIDE = 768  # faces are found on a copy at most this long, HOG upsampled once: faces from
+# ~40 px there (~53 px in a 1024 px image). bench/engine.py reports the time per image.
 OTHER_FACE_SCORE = 0.5  # as in intake: a second face counts when HOG is this sure ...
 OTHER_FACE_RATIO = 1 / 3  # ... and it is at least this big relative to the main face
 
