@@ -36,6 +36,7 @@ class Portraits:
     candidates: list[Score]  # every candidate's score, in generation order
     chosen: list[int]  # the delivered candidates' indices, best first
     refined: int  # how many refinements were kept
+    measured: bool  # False without a signature: faces were counted, likeness was not measured
 
     def metadata(self) -> dict:
         """What the job keeps (no logs): raw distances and face counts of every candidate, which were
@@ -50,6 +51,7 @@ class Portraits:
             "final": [{"faces": s.faces, "distance": distance(s)} for s in self.scores],
             "below_minimum": self.below_minimum,
             "refined": self.refined,
+            "measured": self.measured,
         }
 
 
@@ -138,7 +140,7 @@ def make_portraits(
     below = sum(1 for s in picked_scores if not s.reaches(min_likeness)) if signature else 0
     if progress:
         progress(1.0, "done")
-    return Portraits(picked, picked_scores, below, scores, chosen, refined)
+    return Portraits(picked, picked_scores, below, scores, chosen, refined, signature is not None)
 
 
 def _not_worse(after: Score, before: Score) -> bool:
