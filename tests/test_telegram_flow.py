@@ -25,7 +25,7 @@ from tests.certs import make_test_chain
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
 from tests.tiny_settings import tiny_settings
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 
 ALICE, BOB = 1001, 1002  # Alice runs the whole flow; Bob tries to cancel her job
 SLOW = 240.0  # seconds allowed for model work on a busy 2-core CPU (an upper bound, never a measurement)
