@@ -26,7 +26,12 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
     if delivery.kind == "failed":
         return [Reply(t("job_failed", reason=delivery.error or "unknown error"))]
     preset = engine.presets.get(delivery.preset or "")
-    caption = t("results_caption", label=preset.label if preset else "Portrait")
+    caption = "\n".join(
+        [
+            t("results_caption", label=preset.label if preset else "Portrait"),
+            *likeness_lines(conversation, delivery),
+        ]
+    )
     names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
     images = tuple(data for _, data in delivery.images)
     mode = engine.settings.provenance.deliver_as
@@ -39,6 +44,25 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
         replies.append(replace(portraits, as_files=True))
     replies[-1] = replace(replies[-1], buttons=conversation.buttons.another_style())
     return replies
+
+
+def likeness_lines(conversation: Conversation, delivery: Delivery) -> list[str]:
+    """Under the album: each portrait's likeness ("1: Likeness 87%", or that no face was found), and the
+    gate's note when some are under the operator's minimum. Nothing for portraits that were not scored."""
+    t = conversation.t
+    labels = []
+    for n, score in enumerate(delivery.scores, start=1):
+        if score.likeness is not None:
+            labels.append(f"{n}: {t('likeness', percent=score.likeness)}")
+        elif score.faces == 0:
+            labels.append(f"{n}: {t('likeness_no_face')}")
+    lines = [" · ".join(labels)] if labels else []
+    below = sum(1 for score in delivery.scores if score.below_minimum)
+    if below:
+        count = len(delivery.scores)
+        minimum = conversation.engine.settings.engine.min_likeness
+        lines.append(t("likeness_note", reaching=count - below, count=count, minimum=minimum))
+    return lines
 
 
 async def deliver_pending(conversation: Conversation, platform: str) -> int:

@@ -3,6 +3,9 @@
 python -m engine                      run a worker (claims jobs until SIGTERM/Ctrl-C)
 python -m engine rotate-master-key    re-wrap every data key under a new master key
 python -m engine verify IMAGE...      print which AI-generated marks each image carries
+python -m engine eval PHOTOS_DIR [--holdout K] [--presets a,b] [--runs N] [--steps S]
+                                      train on the photos minus K, report the portraits' likeness to the
+                                      held-out ones vs the base model (JSON last line; docs/likeness.md)
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         from engine.provenance import verify_main
 
         return verify_main(argv[1:])
+    if argv and argv[0] == "eval":
+        from engine.evaluate import main as eval_main
+
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return eval_main(argv[1:])
     try:
         settings = load_settings()
     except SettingsError as error:

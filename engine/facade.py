@@ -19,6 +19,7 @@ from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
+from engine.likeness import Signature
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
 from engine.retention import MessageDeleter, Retention, message_cap
@@ -33,6 +34,7 @@ __all__ = [
     "Job",
     "MessageTarget",
     "PhotoResult",
+    "PortraitScore",
     "Preset",
     "QueuePosition",
     "Receipt",
@@ -45,6 +47,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# What /mydata says about the signature: in words, never its numbers.
+SIGNATURE_DESCRIPTION = (
+    "A face signature is kept with your personal model: the average of the face measurements taken from "
+    "the photos you sent (a list of numbers describing your face, not a picture). It is used only to pick "
+    "the portraits that look most like you and to tell you how alike they are. It is encrypted with your "
+    "own key and deleted together with your model, or at once with /forget. Its numbers are not shown "
+    "here on purpose."
+)
 MAX_DELIVERY_ATTEMPTS = 40  # with exponential backoff capped at 1 h: about a day of tries
 
 
@@ -66,6 +76,17 @@ class Delivery:
     preset: str | None = None
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
     error: str | None = None
+    scores: list[PortraitScore] = field(default_factory=list)  # one per image, same order
+
+
+@dataclass(frozen=True)
+class PortraitScore:
+    """How one delivered portrait was judged: faces found (None: not scored), 0-100 likeness (None: no
+    face, or no signature to compare with) and whether it is under the operator's minimum likeness."""
+
+    faces: int | None
+    likeness: int | None
+    below_minimum: bool
 
 
 @dataclass(frozen=True)
@@ -301,17 +322,22 @@ class Engine:
     ) -> bool:
         """Store a trained model and finish the job, if this attempt still owns it. The previous model and
         the photos trained on are deleted afterwards (photos are kept only until training succeeds).
-        Returns False (and stores nothing) when the job was lost meanwhile."""
+        The model keeps the user's face signature (the mean of the photos' face descriptors, sealed), so
+        it lives and dies with the model. Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
         adapter_id = new_id()
         await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
+        signature = await self._signature_of_photos(user_id, photo_ids)
+        sealed = (
+            self.vault.seal(user_id, "signature", adapter_id, signature.to_bytes()) if signature else None
+        )
         keep = await self.model_retention(user_id)
         async with self.store.transaction():
             if not await self.queue.is_current(job):
                 await self._discard(user_id, [adapter_id])
                 return False
             old = await self.tables.adapters.ids(user_id)
-            await self.tables.adapters.add(adapter_id, user_id, token, losses)
+            await self.tables.adapters.add(adapter_id, user_id, token, losses, sealed)
             await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
             await self._finish(job, "trained")
         for old_id in old:  # a retrained model replaces the previous one
@@ -320,10 +346,44 @@ class Engine:
             await self.retention.expire("photo", user_id, photo_id)
         return True
 
-    async def record_portraits(self, job: Job, preset_key: str, images: list[bytes], adapter_id: str) -> bool:
-        """Store the encoded portraits of a generation job and finish it, if this attempt still owns it;
-        the model's lifetime starts again. Returns False (and stores nothing) when the job was lost."""
+    async def _signature_of_photos(self, user_id: str, photo_ids: list[str]) -> Signature | None:
+        """The mean face descriptor of the given photos (their sealed intake fingerprints)."""
+        wanted = set(photo_ids)
+        embeddings = [
+            Fingerprint.from_bytes(
+                self.vault.open(user_id, "fingerprint", row["id"], row["fingerprint"])
+            ).embedding
+            for row in await self.tables.photos.fingerprints(user_id)
+            if row["id"] in wanted
+        ]
+        return Signature.from_embeddings(embeddings) if embeddings else None
+
+    async def signature(self, user_id: str) -> Signature | None:
+        """The face signature kept with the user's current model (None: no model, or one trained before
+        signatures existed). Opened in memory for the worker; never logged or exported."""
+        adapter = await self.adapter(user_id)
+        if adapter is None or adapter["signature"] is None:
+            return None
+        return Signature.from_bytes(
+            self.vault.open(user_id, "signature", adapter["id"], adapter["signature"])
+        )
+
+    async def record_portraits(
+        self,
+        job: Job,
+        preset_key: str,
+        images: list[bytes],
+        adapter_id: str,
+        scores: list[PortraitScore] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store the encoded portraits of a generation job (with their scores, and the job's measurements
+        in ``metadata``) and finish it, if this attempt still owns it; the model's lifetime starts again.
+        Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
+        scores = scores or [PortraitScore(None, None, False)] * len(images)
+        if len(scores) != len(images):
+            raise ValueError("one score per image")
         output_ids = [new_id() for _ in images]
         for output_id, data in zip(output_ids, images, strict=True):
             await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
@@ -333,11 +393,22 @@ class Engine:
             if not await self.queue.is_current(job):
                 await self._discard(user_id, output_ids)
                 return False
-            for position, output_id in enumerate(output_ids):
-                await self.tables.outputs.add(output_id, user_id, job.id, preset_key, position)
+            for position, (output_id, score) in enumerate(zip(output_ids, scores, strict=True)):
+                await self.tables.outputs.add(
+                    output_id,
+                    user_id,
+                    job.id,
+                    preset_key,
+                    position,
+                    score.faces,
+                    score.likeness,
+                    score.below_minimum,
+                )
                 await self.retention.set_deadline(
                     user_id, "output", output_id, now + self.settings.retention.outputs
                 )
+            if metadata is not None:
+                await self.queue.set_metadata(job.id, metadata)
             await self.tables.adapters.touch(adapter_id, now)
             await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
             await self._finish(job, "portraits")
@@ -377,13 +448,16 @@ class Engine:
                 continue
             job = await self.queue.get(row["job_id"])
             images: list[tuple[str, bytes]] = []
+            scores: list[PortraitScore] = []
             preset = job.payload.get("preset") if job else None
             if row["kind"] == "portraits":
-                images = [
-                    (output_id, data)
-                    for output_id in await self.tables.outputs.ids_of_job(row["job_id"])
-                    if (data := self._output(row["user_id"], output_id)) is not None
-                ]
+                for output in await self.tables.outputs.scores_of_job(row["job_id"]):
+                    data = self._output(row["user_id"], output["id"])
+                    if data is not None:
+                        images.append((output["id"], data))
+                        scores.append(
+                            PortraitScore(output["faces"], output["likeness"], bool(output["below_minimum"]))
+                        )
             deliveries.append(
                 Delivery(
                     row["id"],
@@ -394,6 +468,7 @@ class Engine:
                     preset,
                     images,
                     job.error if job else None,
+                    scores,
                 )
             )
         return deliveries
@@ -523,6 +598,8 @@ class Engine:
             summary["created_at"] = user["created_at"]
             summary["model_retention_seconds"] = await self.model_retention(user_id)
         summary.update(await self.tables.users.export(user_id))
+        if await self.signature(user_id) is not None:
+            summary["face_signature"] = SIGNATURE_DESCRIPTION
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
             for photo in summary["photos"]:

@@ -87,6 +87,10 @@ class JobQueue:
         row = await self.db.fetchone(self.sql.JOB_GET, (job_id,))
         return Job.from_row(row) if row else None
 
+    async def set_metadata(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """What a finished job measured (JSON, no personal data); kept with the job, never logged."""
+        await self.db.execute(self.sql.JOB_SET_METADATA, (json.dumps(metadata), job_id))
+
     async def active_jobs(self, user_id: str) -> list[Job]:
         rows = await self.db.fetchall(self.sql.JOB_ACTIVE_OF_USER, (user_id,))
         return [Job.from_row(row) for row in rows]

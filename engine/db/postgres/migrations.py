@@ -110,4 +110,13 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     )
     """,
+    # 2: likeness (docs/likeness.md): the face signature kept with the model, each portrait's score, and
+    # the job's raw candidate distances (never logged)
+    """
+    ALTER TABLE adapters ADD COLUMN signature BYTEA;
+    ALTER TABLE outputs ADD COLUMN faces INTEGER;
+    ALTER TABLE outputs ADD COLUMN likeness INTEGER;
+    ALTER TABLE outputs ADD COLUMN below_minimum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN metadata TEXT
+    """,
 ]

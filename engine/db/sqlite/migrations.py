@@ -107,4 +107,13 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     );
     """,
+    # 2: likeness (docs/likeness.md): the face signature kept with the model, each portrait's score, and
+    # the job's raw candidate distances (never logged)
+    """
+    ALTER TABLE adapters ADD COLUMN signature BLOB;          -- sealed: mean face descriptor of the photos
+    ALTER TABLE outputs ADD COLUMN faces INTEGER;            -- faces found in the portrait, NULL: not scored
+    ALTER TABLE outputs ADD COLUMN likeness INTEGER;         -- 0-100, NULL: no face or no signature
+    ALTER TABLE outputs ADD COLUMN below_minimum INTEGER NOT NULL DEFAULT 0;  -- 1: under the minimum
+    ALTER TABLE jobs ADD COLUMN metadata TEXT;               -- JSON: every candidate's faces and distance
+    """,
 ]
