@@ -12,12 +12,14 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
-from engine.errors import Refused
+from engine.errors import Refused, storage_refusal
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
@@ -208,7 +210,19 @@ class Engine:
             outcome = await asyncio.to_thread(process_photo, data, self.limits, previous)
             if isinstance(outcome, Rejected):
                 return PhotoResult(outcome, count)
-            photo_id = new_id()
+            try:
+                await self._store_photo(user_id, outcome)
+            except Refused as refusal:  # disk full or database locked: nothing of the photo stays
+                log.warning("a photo was not stored: %s", refusal.reason)
+                return PhotoResult(Rejected(refusal.reason, {}), count)
+            return PhotoResult(outcome, count + 1)
+
+    async def _store_photo(self, user_id: str, outcome: Accepted) -> None:
+        """Blob, then row and deadline in one transaction; on a storage fault the blob is removed
+        again and `Refused` (storage_full, busy) raised."""
+        photo_id = new_id()
+        async with self._blobs_or_nothing(user_id) as written:
+            written.append(photo_id)  # before the write: a failure after the rename leaves it
             await asyncio.to_thread(self.vault.put, user_id, "photo", photo_id, outcome.image)
             sealed = self.vault.seal(user_id, "fingerprint", photo_id, outcome.fingerprint.to_bytes())
             async with self.store.transaction():
@@ -216,7 +230,21 @@ class Engine:
                 await self.retention.set_deadline(
                     user_id, "photo", photo_id, self.clock.now() + self.settings.retention.photos
                 )
-            return PhotoResult(outcome, count + 1)
+
+    @asynccontextmanager
+    async def _blobs_or_nothing(self, user_id: str) -> AsyncIterator[list[str]]:
+        """Yields a list to append each written blob id to. If the block fails, those blobs are
+        deleted (no orphan ciphertext, no half-written file) and a storage fault becomes `Refused`."""
+        written: list[str] = []
+        try:
+            yield written
+        except Exception as error:
+            for blob_id in written:
+                self.vault.delete(user_id, blob_id)
+            refusal = storage_refusal(error)
+            if refusal is None:
+                raise
+            raise refusal from error
 
     async def photos(self, user_id: str) -> list[tuple[str, bytes]]:
         """The user's stored photos (decrypted, in memory), oldest first."""
@@ -260,10 +288,12 @@ class Engine:
         return await self._enqueue(user_id, "generate", payload)
 
     async def _enqueue(self, user_id: str, kind: str, payload: dict[str, Any]) -> str:
-        job_id = await self.queue.enqueue(user_id, kind, payload)
-        await self.retention.set_deadline(
-            user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
-        )
+        """Queue a job with its deadline; a locked database or a full disk is `Refused`."""
+        async with self._blobs_or_nothing(user_id), self.store.transaction():
+            job_id = await self.queue.enqueue(user_id, kind, payload)
+            await self.retention.set_deadline(
+                user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
+            )
         return job_id
 
     async def job(self, user_id: str, job_id: str) -> Job | None:
@@ -300,16 +330,18 @@ class Engine:
         Returns False (and stores nothing) when the job was lost meanwhile."""
         user_id = job.user_id
         adapter_id = new_id()
-        await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
-        keep = await self.model_retention(user_id)
-        async with self.store.transaction():
-            if not await self.queue.is_current(job):
-                await self._discard(user_id, [adapter_id])
-                return False
-            old = await self.tables.adapters.ids(user_id)
-            await self.tables.adapters.add(adapter_id, user_id, token, losses)
-            await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
-            await self._finish(job, "trained")
+        async with self._blobs_or_nothing(user_id) as written:
+            written.append(adapter_id)  # before the write: a failure after the rename leaves it
+            await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
+            keep = await self.model_retention(user_id)
+            async with self.store.transaction():
+                if not await self.queue.is_current(job):
+                    await self._discard(user_id, [adapter_id])
+                    return False
+                old = await self.tables.adapters.ids(user_id)
+                await self.tables.adapters.add(adapter_id, user_id, token, losses)
+                await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
+                await self._finish(job, "trained")
         for old_id in old:  # a retrained model replaces the previous one
             await self.retention.expire("adapter", user_id, old_id)
         for photo_id in photo_ids:
@@ -321,22 +353,24 @@ class Engine:
         the model's lifetime starts again. Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
         output_ids = [new_id() for _ in images]
-        for output_id, data in zip(output_ids, images, strict=True):
-            await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
-        now = self.clock.now()
-        keep = await self.model_retention(user_id)
-        async with self.store.transaction():
-            if not await self.queue.is_current(job):
-                await self._discard(user_id, output_ids)
-                return False
-            for position, output_id in enumerate(output_ids):
-                await self.tables.outputs.add(output_id, user_id, job.id, preset_key, position)
-                await self.retention.set_deadline(
-                    user_id, "output", output_id, now + self.settings.retention.outputs
-                )
-            await self.tables.adapters.touch(adapter_id, now)
-            await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
-            await self._finish(job, "portraits")
+        async with self._blobs_or_nothing(user_id) as written:
+            for output_id, data in zip(output_ids, images, strict=True):
+                written.append(output_id)  # before the write: a failure after the rename leaves it
+                await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
+            now = self.clock.now()
+            keep = await self.model_retention(user_id)
+            async with self.store.transaction():
+                if not await self.queue.is_current(job):
+                    await self._discard(user_id, output_ids)
+                    return False
+                for position, output_id in enumerate(output_ids):
+                    await self.tables.outputs.add(output_id, user_id, job.id, preset_key, position)
+                    await self.retention.set_deadline(
+                        user_id, "output", output_id, now + self.settings.retention.outputs
+                    )
+                await self.tables.adapters.touch(adapter_id, now)
+                await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
+                await self._finish(job, "portraits")
         return True
 
     async def record_failure(self, job: Job, reason: str) -> str:

@@ -256,16 +256,22 @@ class Vault:
         return self.blob_dir / owner / f"{blob_id}.bin"
 
     def put(self, owner: str, kind: str, blob_id: str, plaintext: bytes) -> int:
-        """Encrypt and store atomically (temp file + fsync + rename). Returns the stored size."""
+        """Encrypt and store atomically (temp file + fsync + rename). Returns the stored size.
+        On a failed write (e.g. ENOSPC) the temp file is removed and the OSError raised: the blob
+        either exists whole or not at all."""
         sealed = encrypt(self.keys.data_key(owner, create=True), owner, kind, blob_id, plaintext)
         path = self._path(owner, blob_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        with open(temp, "wb") as handle:  # only ciphertext is ever written
-            handle.write(sealed)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        try:
+            with open(temp, "wb") as handle:  # only ciphertext is ever written
+                handle.write(sealed)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:  # disk full, quota, I/O error: no half-written blob stays behind
+            temp.unlink(missing_ok=True)
+            raise
         _fsync_dir(path.parent)
         return len(sealed)
 
