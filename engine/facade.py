@@ -68,6 +68,7 @@ class Delivery:
     preset: str | None = None
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
     error: str | None = None
+    parts_sent: int = 0  # parts (platform sends) already accepted: a restart skips them
 
 
 @dataclass(frozen=True)
@@ -424,6 +425,7 @@ class Engine:
                     preset,
                     images,
                     job.error if job else None,
+                    row["parts_sent"],
                 )
             )
         return deliveries
@@ -457,19 +459,31 @@ class Engine:
                 return
             await self._record_delivery(delivery, message_ids, platform)
 
-    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
+    async def part_sent(self, delivery: Delivery, part: int, message_ids: list[str], platform: str) -> None:
+        """Record at once that the platform accepted part `part` (0-based) of a delivery, with its message
+        ids: a restart resumes after it and never repeats an acknowledged send. Call it right after each
+        platform call returns; `delivered` then closes the delivery."""
+        async with self.user_lock(delivery.user_id):
+            if not await self.is_known(delivery.user_id):
+                return
+            async with self.store.transaction():
+                if await self.tables.deliveries.mark_part_sent(delivery.id, part + 1):
+                    await self._record_messages(delivery, message_ids, platform)
+
+    async def _record_messages(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         now = self.clock.now()
         message_retention = await self.message_retention(delivery.user_id, platform)
+        for message_id in message_ids:
+            row_id = await self.tables.messages.add(delivery.user_id, message_id, "result", delivery.job_id)
+            if delivery.kind == "portraits" and message_retention > 0:
+                await self.retention.set_deadline(
+                    delivery.user_id, "message", row_id, now + message_retention
+                )
+
+    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         async with self.store.transaction():
             await self.tables.deliveries.mark_sent(delivery.id)
-            for message_id in message_ids:
-                row_id = await self.tables.messages.add(
-                    delivery.user_id, message_id, "result", delivery.job_id
-                )
-                if delivery.kind == "portraits" and message_retention > 0:
-                    await self.retention.set_deadline(
-                        delivery.user_id, "message", row_id, now + message_retention
-                    )
+            await self._record_messages(delivery, message_ids, platform)
         for output_id, _ in delivery.images:
             await self.retention.expire("output", delivery.user_id, output_id)
 

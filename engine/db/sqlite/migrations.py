@@ -107,4 +107,9 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     );
     """,
+    # 2: the outbox remembers how many parts of a delivery the platform accepted, so a restart never
+    #    repeats an acknowledged send
+    """
+    ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
+    """,
 ]
