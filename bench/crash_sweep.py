@@ -45,7 +45,7 @@ from tests.certs import make_test_chain  # noqa: E402
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage  # noqa: E402
 
 ANSWER_WAIT = 25.0  # seconds a user waits for an answer before trying again
-MODEL_WAIT = 240.0  # training or generation on a 2-core CPU, including restarts
+MODEL_WAIT = 600.0  # training or generation on a busy 2-core CPU, including restarts
 SWEEP = 5.0  # retention sweep interval in the sweep's settings (seconds)
 
 
@@ -243,6 +243,7 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
             print(
                 f"round {number + 1}/{rounds} target={target} kill_at={'-' if at is None else f'{at:.1f}s'} "
                 f"ok={ok} duplicates={driver.duplicates()} silent_drops={totals.silent_drops} "
+                f"portraits={len(driver.portraits())} messages={len(fake.messages(user.id))} "
                 f"{elapsed:.1f}s",
                 flush=True,
             )
