@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import vault as vault_module
+from engine import blobs as vault_module
 from engine.errors import REASONS, Refused
 from engine.facade import Engine
 from engine.intake import Accepted, Rejected
