@@ -73,10 +73,12 @@ class Campaign:
     async def answered_by(self, user: FakeUser, before: int, callbacks: int) -> bool:
         try:
             await self.fake.wait_for(
-                lambda f: len(f.calls) > 0
-                and (
-                    sum(1 for name, p in f.calls if _to_chat(name, p) == user.id) > before
-                    or len(f.answered_callbacks) > callbacks
+                lambda f: (
+                    len(f.calls) > 0
+                    and (
+                        sum(1 for name, p in f.calls if _to_chat(name, p) == user.id) > before
+                        or len(f.answered_callbacks) > callbacks
+                    )
                 ),
                 timeout=ANSWER_WAIT,
             )
@@ -96,19 +98,23 @@ class Campaign:
         if kind == "text":
             await user.send_text(weird_text(rng, rng.choice([1, 50, 4096])).lstrip("/") or "x")
         elif kind == "command":
-            name = rng.choice(COMMANDS + ["x" * 40, "ßtart", "start@other_bot"])
+            name = rng.choice([*COMMANDS, "x" * 40, "ßtart", "start@other_bot"])
             await user.send_text(f"/{name} {weird_text(rng, rng.randrange(0, 300))}".rstrip())
         elif kind in {"photo", "document", "caption"}:
             _, data = rng.choice(self.files)
             if kind == "document":
-                file_name = rng.choice(["me.jpg", "x.png", "a" * 200 + ".heic", "../../etc/passwd", "‮gpj.exe"])
+                file_name = rng.choice(
+                    ["me.jpg", "x.png", "a" * 200 + ".heic", "../../etc/passwd", "‮gpj.exe"]
+                )
                 await user.send_document(data, file_name, rng.choice(["image/jpeg", "application/pdf", ""]))
             else:
                 caption = weird_text(rng, 1024) if kind == "caption" else None
                 try:
                     await user.send_photo(data, caption=caption)
                 except Exception:
-                    await user.send_document(data, "photo.jpg", "image/jpeg")  # the fake could not thumbnail it
+                    await user.send_document(
+                        data, "photo.jpg", "image/jpeg"
+                    )  # the fake could not thumbnail it
         elif kind == "oversize":
             await self.oversized_document(user)
         elif kind == "press":
@@ -251,7 +257,9 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
     root.addHandler(keep)
     fake = FaultyTelegram()
     await fake.start()
-    settings = tiny_settings(work, LIKENESS_TELEGRAM_TOKEN=fake.token, LIKENESS_TELEGRAM_API_URL=fake.base_url)
+    settings = tiny_settings(
+        work, LIKENESS_TELEGRAM_TOKEN=fake.token, LIKENESS_TELEGRAM_API_URL=fake.base_url
+    )
     app = await App.create(settings, with_worker=False)
     await app.start()
     run = Campaign(fake, rng)
