@@ -5,6 +5,13 @@
   whole batch fail, and the library fetches the same batch again at once, forever. Here each update is
   parsed on its own first; one that fails is replaced by an empty update with the same id, so polling
   moves past it, nothing is dispatched for it, and it is counted (`skipped_updates`).
+- Offsets are acknowledged only after handling: python-telegram-bot confirms a batch (the next
+  getUpdates' `offset`) as soon as it is queued, so a crash loses every update fetched but not yet
+  answered, and every album photo waiting in the collection buffer. `TolerantBot` holds each fetched
+  update until `done(update_id)`; the offset it sends never passes a held update, so after a crash
+  Telegram delivers those again (at-least-once). Updates fetched again while still held are not
+  dispatched twice; while anything is held, polls return at once, so they are paced (HELD_POLL_PAUSE). `HoldingApplication` calls `done` when the handlers finish, unless a handler
+  `adopt`ed the update (the album buffer does, and releases it after the album is answered).
 - `ignore_without_user`: a handler for group -1 that stops updates with no user or no chat (channel
   posts, anonymous group admins, inline-mode callbacks, poll updates, an unparseable update's stand-in)
   before any conversation handler sees them; counted in `ignored_updates`.
@@ -15,13 +22,16 @@ callback-query answers and downloads never wait behind queued messages (bench/lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from telegram import Update
-from telegram.ext import ApplicationHandlerStop, CallbackContext, ExtBot
+from telegram.ext import Application, ApplicationHandlerStop, CallbackContext, ExtBot
 
 log = logging.getLogger(__name__)
+
+HELD_POLL_PAUSE = 0.2  # while updates are held, a poll returns them at once: pause between such polls
 
 
 class Counters:
@@ -32,13 +42,51 @@ class Counters:
 
 
 class TolerantBot(ExtBot):
-    """An ExtBot whose getUpdates never fails as a whole because of one unparseable update."""
+    """An ExtBot whose getUpdates never fails as a whole because of one unparseable update, and that
+    acknowledges an update only once it was handled."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._held: set[int] = set()
+        self._adopted: set[int] = set()
+
+    def done(self, update_id: int) -> None:
+        """The update was handled: the next poll may acknowledge it (unless it was adopted)."""
+        if update_id not in self._adopted:
+            self._held.discard(update_id)
+
+    def adopt(self, update_id: int) -> None:
+        """A handler keeps the update beyond its return (e.g. an album photo); `release` ends it."""
+        self._adopted.add(update_id)
+
+    def release(self, update_id: int) -> None:
+        self._adopted.discard(update_id)
+        self._held.discard(update_id)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     async def _post(self, endpoint: str, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if endpoint != "getUpdates" or not isinstance(data, dict):
+            return await super()._post(endpoint, data, *args, **kwargs)
+        asked = data.get("offset") or 0
+        if self._held and asked:
+            data = {**data, "offset": min(asked, min(self._held))}  # never confirm a held update
         result = await super()._post(endpoint, data, *args, **kwargs)
-        if endpoint != "getUpdates" or not isinstance(result, list):
+        if not isinstance(result, list):
             return result
-        return [self._parseable_or_stub(raw) for raw in result]
+        fresh = []
+        for raw in result:
+            update_id = raw.get("update_id") if isinstance(raw, dict) else None
+            if isinstance(update_id, int) and (update_id < asked or update_id in self._held):
+                continue  # fetched before and still being handled: not dispatched twice
+            if isinstance(update_id, int):
+                self._held.add(update_id)
+            fresh.append(self._parseable_or_stub(raw))
+        if result and not fresh:
+            await asyncio.sleep(HELD_POLL_PAUSE)  # only held updates came back: do not spin
+        return fresh
 
     def _parseable_or_stub(self, raw: Any) -> Any:
         try:
@@ -62,3 +110,14 @@ async def ignore_without_user(update: object, context: CallbackContext) -> None:
         return
     Counters.ignored_updates += 1
     raise ApplicationHandlerStop
+
+
+class HoldingApplication(Application):
+    """Tells a `TolerantBot` when each update has been handled (see the module docstring)."""
+
+    async def process_update(self, update: object) -> None:
+        try:
+            await super().process_update(update)
+        finally:
+            if isinstance(update, Update) and isinstance(self.bot, TolerantBot):
+                self.bot.done(update.update_id)
