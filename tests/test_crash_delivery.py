@@ -25,7 +25,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def settings(fake: FaultyTelegram, data_dir: Path):
-    return tiny_settings(data_dir, LIKENESS_TELEGRAM_TOKEN=fake.token, LIKENESS_TELEGRAM_API_URL=fake.base_url)
+    return tiny_settings(
+        data_dir, LIKENESS_TELEGRAM_TOKEN=fake.token, LIKENESS_TELEGRAM_API_URL=fake.base_url
+    )
 
 
 async def finished_portraits(app: App, chat_id: int) -> str:
@@ -33,7 +35,7 @@ async def finished_portraits(app: App, chat_id: int) -> str:
     user = engine.pseudonym("telegram", chat_id)
     await engine.touch_user(user, "telegram", {"chat_id": str(chat_id), "user_id": str(chat_id)})
     preset = next(iter(engine.presets))
-    job_id = await engine.queue.enqueue(user, "generate", {"preset": preset})
+    await engine.queue.enqueue(user, "generate", {"preset": preset})
     job = await engine.queue.claim("w")
     images = [fd.encode(fd.noise(64, 64, seed), "PNG") for seed in (1, 2)]
     assert await engine.record_portraits(job, preset, images, "adapter0")
