@@ -55,7 +55,7 @@ class LoadTelegram(FakeTelegram):
     def __init__(self) -> None:
         super().__init__()
         self.flood_429 = 0
-        self._global: deque[float] = deque()
+        self._bot: tuple[float, float] = (GLOBAL_PER_SECOND, time.monotonic())
         self._chat_tokens: dict[int, tuple[float, float]] = {}
         self.fetched_at: dict[int, deque[float]] = defaultdict(deque)  # chat -> fetch times awaiting answer
         self.latencies: list[float] = []
@@ -79,18 +79,16 @@ class LoadTelegram(FakeTelegram):
         return int((await request.post()).get("chat_id", 0))
 
     def _admit(self, chat_id: int) -> bool:
+        """Token buckets: 30/s per bot (burst 30), 1/s per chat (burst 3); a refused call costs nothing."""
         now = time.monotonic()
-        while self._global and now - self._global[0] > 1.0:
-            self._global.popleft()
-        if len(self._global) >= GLOBAL_PER_SECOND:
+        bot_tokens = min(GLOBAL_PER_SECOND, self._bot[0] + (now - self._bot[1]) * GLOBAL_PER_SECOND)
+        chat = self._chat_tokens.get(chat_id, (CHAT_BURST, now))
+        chat_tokens = min(CHAT_BURST, chat[0] + (now - chat[1]) * CHAT_PER_SECOND)
+        if bot_tokens < 1 or (chat_id and chat_tokens < 1):
             return False
+        self._bot = (bot_tokens - 1, now)
         if chat_id:
-            tokens, last = self._chat_tokens.get(chat_id, (CHAT_BURST, now))
-            tokens = min(CHAT_BURST, tokens + (now - last) * CHAT_PER_SECOND)
-            if tokens < 1:
-                return False
-            self._chat_tokens[chat_id] = (tokens - 1, now)
-        self._global.append(now)
+            self._chat_tokens[chat_id] = (chat_tokens - 1, now)
         return True
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
