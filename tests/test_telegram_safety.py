@@ -11,11 +11,14 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from telegram import Update
 from telegram.ext import (
     AIORateLimiter,
     Application,
     ApplicationBuilder,
+    ApplicationHandlerStop,
     CallbackQueryHandler,
     ContextTypes,
     ExtBot,
@@ -156,3 +159,52 @@ async def test_updates_without_a_user_are_ignored_cleanly(
     assert Counters.ignored_updates - ignored >= 5  # the inline press has a user but no chat
     assert fake.messages(-1001) == [] and fake.messages(7) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- property-based: any update JSON --------------------------------------------------------------------
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.text(max_size=30), st.floats())
+USERS = st.fixed_dictionaries(
+    {"id": st.one_of(st.integers(), st.text(max_size=5)), "is_bot": st.one_of(st.booleans(), SCALARS)},
+    optional={"first_name": SCALARS, "username": SCALARS},
+)
+CHATS = st.fixed_dictionaries(
+    {
+        "id": st.one_of(st.integers(), st.text(max_size=5)),
+        "type": st.sampled_from(["private", "group", "channel", "x"]),
+    }
+)
+MESSAGES = st.fixed_dictionaries(
+    {"message_id": st.one_of(st.integers(), SCALARS), "date": st.one_of(st.integers(0, 2**31), SCALARS),
+     "chat": st.one_of(CHATS, SCALARS)},
+    optional={"from": st.one_of(USERS, SCALARS), "text": SCALARS, "caption": SCALARS,
+              "photo": st.lists(st.dictionaries(st.sampled_from(["file_id", "width", "file_size"]), SCALARS)),
+              "media_group_id": SCALARS},
+)  # fmt: skip
+UPDATES = st.fixed_dictionaries(
+    {"update_id": st.one_of(st.integers(0, 2**31), SCALARS)},
+    optional={
+        "message": st.one_of(MESSAGES, SCALARS),
+        "edited_message": MESSAGES,
+        "channel_post": MESSAGES,
+        "callback_query": st.fixed_dictionaries(
+            {"id": SCALARS, "from": st.one_of(USERS, SCALARS), "chat_instance": SCALARS},
+            optional={"message": MESSAGES, "data": SCALARS, "inline_message_id": SCALARS},
+        ),
+    },
+)
+BOT = TolerantBot("123:abc")
+
+
+@settings(max_examples=300, deadline=None)
+@given(UPDATES)
+def test_any_update_json_is_parsed_or_skipped_and_routed_without_error(raw: dict) -> None:
+    parsed = BOT._parseable_or_stub(raw)
+    update = Update.de_json(parsed, BOT)  # never raises after the check
+    try:
+        asyncio.run(ignore_without_user(update, None))  # type: ignore[arg-type]
+        routed = True
+    except ApplicationHandlerStop:
+        routed = False
+    if routed:  # only updates with a real user and chat reach the conversation
+        assert update.effective_user is not None and update.effective_chat is not None
