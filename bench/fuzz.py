@@ -251,7 +251,8 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
+            if not record.name.startswith("aiohttp."):  # the fake server's own log, not the bot's
+                records.append(record)
 
     keep = Keep(level=logging.ERROR)
     root.addHandler(keep)
@@ -289,6 +290,10 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
                 await fake.wait_for_message(canary.id, "/", timeout=ANSWER_WAIT)
             except TimeoutError:
                 crashes += 1
+                texts = [m.text for m in fake.messages(canary.id)]
+                print(
+                    f"canary unanswered: {texts!r:.200}, pending updates {fake.pending_updates()}", flush=True
+                )
             if app.stop_event.is_set():
                 crashes += 1
                 break
@@ -299,6 +304,8 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
         root.removeHandler(handler)
         root.removeHandler(keep)
     text = stream.getvalue()
+    for kind in sorted({f"{r.name}: {r.msg} [{(r.exc_text or '-').splitlines()[-1]}]" for r in records}):
+        print("error record:", kind, flush=True)  # templates and exception types only
     tracebacks = len(records) + text.count("Traceback")
     leaked = sum(1 for secret in set(run.secrets) if secret in text)
     return {

@@ -10,7 +10,9 @@
   answered, and every album photo waiting in the collection buffer. `TolerantBot` holds each fetched
   update until `done(update_id)`; the offset it sends never passes a held update, so after a crash
   Telegram delivers those again (at-least-once). Updates fetched again while still held are not
-  dispatched twice; while anything is held, polls return at once, so they are paced (HELD_POLL_PAUSE). `HoldingApplication` calls `done` when the handlers finish, unless a handler
+  dispatched twice; while anything is held, polls return at once, so they are paced (HELD_POLL_PAUSE).
+  An update handled for longer than HOLD_SECONDS, or a full batch of held updates, no longer holds the
+  offset back, so a slow handler can never starve the others. `HoldingApplication` calls `done` when the handlers finish, unless a handler
   `adopt`ed the update (the album buffer does, and releases it after the album is answered).
 - `ignore_without_user`: a handler for group -1 that stops updates with no user or no chat (channel
   posts, anonymous group admins, inline-mode callbacks, poll updates, an unparseable update's stand-in)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from telegram import Update
@@ -32,6 +35,7 @@ from telegram.ext import Application, ApplicationHandlerStop, CallbackContext, E
 log = logging.getLogger(__name__)
 
 HELD_POLL_PAUSE = 0.2  # while updates are held, a poll returns them at once: pause between such polls
+HOLD_SECONDS = 30.0  # an update still being handled after this long no longer holds the offset back
 
 
 class Counters:
@@ -47,13 +51,14 @@ class TolerantBot(ExtBot):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._held: set[int] = set()
+        self._held: dict[int, float] = {}  # update id -> when it was fetched
         self._adopted: set[int] = set()
+        self._starved = False
 
     def done(self, update_id: int) -> None:
         """The update was handled: the next poll may acknowledge it (unless it was adopted)."""
         if update_id not in self._adopted:
-            self._held.discard(update_id)
+            self._held.pop(update_id, None)
 
     def adopt(self, update_id: int) -> None:
         """A handler keeps the update beyond its return (e.g. an album photo); `release` ends it."""
@@ -61,7 +66,7 @@ class TolerantBot(ExtBot):
 
     def release(self, update_id: int) -> None:
         self._adopted.discard(update_id)
-        self._held.discard(update_id)
+        self._held.pop(update_id, None)
 
     @property
     def held(self) -> int:
@@ -71,8 +76,11 @@ class TolerantBot(ExtBot):
         if endpoint != "getUpdates" or not isinstance(data, dict):
             return await super()._post(endpoint, data, *args, **kwargs)
         asked = data.get("offset") or 0
-        if self._held and asked:
-            data = {**data, "offset": min(asked, min(self._held))}  # never confirm a held update
+        recent = time.monotonic() - HOLD_SECONDS
+        holding = [update_id for update_id, fetched in self._held.items() if fetched > recent]
+        if holding and asked and not self._starved:
+            data = {**data, "offset": min(asked, min(holding))}  # never confirm a held update
+        self._starved = False
         result = await super()._post(endpoint, data, *args, **kwargs)
         if not isinstance(result, list):
             return result
@@ -82,10 +90,13 @@ class TolerantBot(ExtBot):
             if isinstance(update_id, int) and (update_id < asked or update_id in self._held):
                 continue  # fetched before and still being handled: not dispatched twice
             if isinstance(update_id, int):
-                self._held.add(update_id)
+                self._held[update_id] = time.monotonic()
             fresh.append(self._parseable_or_stub(raw))
         if result and not fresh:
-            await asyncio.sleep(HELD_POLL_PAUSE)  # only held updates came back: do not spin
+            # Only held updates came back. A full batch of them would hide newer ones: the next poll
+            # asks from where the library is, this once. Otherwise pause, so as not to spin.
+            self._starved = len(result) >= (data.get("limit") or 100)
+            await asyncio.sleep(0 if self._starved else HELD_POLL_PAUSE)
         return fresh
 
     def _parseable_or_stub(self, raw: Any) -> Any:
