@@ -12,12 +12,14 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
-from engine.errors import Refused
+from engine.errors import Refused, storage_refusal
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.likeness import Signature
 from engine.presets import Preset, load_presets
@@ -77,6 +79,7 @@ class Delivery:
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
     error: str | None = None
     scores: list[PortraitScore] = field(default_factory=list)  # one per image, same order
+    parts_sent: int = 0  # parts (platform sends) already accepted: a restart skips them
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,19 @@ class Engine:
             outcome = await asyncio.to_thread(process_photo, data, self.limits, previous)
             if isinstance(outcome, Rejected):
                 return PhotoResult(outcome, count)
-            photo_id = new_id()
+            try:
+                await self._store_photo(user_id, outcome)
+            except Refused as refusal:  # disk full or database locked: nothing of the photo stays
+                log.warning("a photo was not stored: %s", refusal.reason)
+                return PhotoResult(Rejected(refusal.reason, {}), count)
+            return PhotoResult(outcome, count + 1)
+
+    async def _store_photo(self, user_id: str, outcome: Accepted) -> None:
+        """Blob, then row and deadline in one transaction; on a storage fault the blob is removed
+        again and `Refused` (storage_full, busy) raised."""
+        photo_id = new_id()
+        async with self._blobs_or_nothing(user_id) as written:
+            written.append(photo_id)  # before the write: a failure after the rename leaves it
             await asyncio.to_thread(self.vault.put, user_id, "photo", photo_id, outcome.image)
             sealed = self.vault.seal(user_id, "fingerprint", photo_id, outcome.fingerprint.to_bytes())
             async with self.store.transaction():
@@ -241,7 +256,21 @@ class Engine:
                 await self.retention.set_deadline(
                     user_id, "photo", photo_id, self.clock.now() + self.settings.retention.photos
                 )
-            return PhotoResult(outcome, count + 1)
+
+    @asynccontextmanager
+    async def _blobs_or_nothing(self, user_id: str) -> AsyncIterator[list[str]]:
+        """Yields a list to append each written blob id to. If the block fails, those blobs are
+        deleted (no orphan ciphertext, no half-written file) and a storage fault becomes `Refused`."""
+        written: list[str] = []
+        try:
+            yield written
+        except Exception as error:
+            for blob_id in written:
+                self.vault.delete(user_id, blob_id)
+            refusal = storage_refusal(error)
+            if refusal is None:
+                raise
+            raise refusal from error
 
     async def photos(self, user_id: str) -> list[tuple[str, bytes]]:
         """The user's stored photos (decrypted, in memory), oldest first."""
@@ -285,10 +314,12 @@ class Engine:
         return await self._enqueue(user_id, "generate", payload)
 
     async def _enqueue(self, user_id: str, kind: str, payload: dict[str, Any]) -> str:
-        job_id = await self.queue.enqueue(user_id, kind, payload)
-        await self.retention.set_deadline(
-            user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
-        )
+        """Queue a job with its deadline; a locked database or a full disk is `Refused`."""
+        async with self._blobs_or_nothing(user_id), self.store.transaction():
+            job_id = await self.queue.enqueue(user_id, kind, payload)
+            await self.retention.set_deadline(
+                user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
+            )
         return job_id
 
     async def job(self, user_id: str, job_id: str) -> Job | None:
@@ -326,20 +357,22 @@ class Engine:
         it lives and dies with the model. Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
         adapter_id = new_id()
-        await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
-        signature = await self._signature_of_photos(user_id, photo_ids)
-        sealed = (
-            self.vault.seal(user_id, "signature", adapter_id, signature.to_bytes()) if signature else None
-        )
-        keep = await self.model_retention(user_id)
-        async with self.store.transaction():
-            if not await self.queue.is_current(job):
-                await self._discard(user_id, [adapter_id])
-                return False
-            old = await self.tables.adapters.ids(user_id)
-            await self.tables.adapters.add(adapter_id, user_id, token, losses, sealed)
-            await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
-            await self._finish(job, "trained")
+        async with self._blobs_or_nothing(user_id) as written:
+            written.append(adapter_id)  # before the write: a failure after the rename leaves it
+            await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
+            signature = await self._signature_of_photos(user_id, photo_ids)
+            sealed = (
+                self.vault.seal(user_id, "signature", adapter_id, signature.to_bytes()) if signature else None
+            )
+            keep = await self.model_retention(user_id)
+            async with self.store.transaction():
+                if not await self.queue.is_current(job):
+                    await self._discard(user_id, [adapter_id])
+                    return False
+                old = await self.tables.adapters.ids(user_id)
+                await self.tables.adapters.add(adapter_id, user_id, token, losses, sealed)
+                await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
+                await self._finish(job, "trained")
         for old_id in old:  # a retrained model replaces the previous one
             await self.retention.expire("adapter", user_id, old_id)
         for photo_id in photo_ids:
@@ -385,33 +418,35 @@ class Engine:
         if len(scores) != len(images):
             raise ValueError("one score per image")
         output_ids = [new_id() for _ in images]
-        for output_id, data in zip(output_ids, images, strict=True):
-            await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
-        now = self.clock.now()
-        keep = await self.model_retention(user_id)
-        async with self.store.transaction():
-            if not await self.queue.is_current(job):
-                await self._discard(user_id, output_ids)
-                return False
-            for position, (output_id, score) in enumerate(zip(output_ids, scores, strict=True)):
-                await self.tables.outputs.add(
-                    output_id,
-                    user_id,
-                    job.id,
-                    preset_key,
-                    position,
-                    score.faces,
-                    score.likeness,
-                    score.below_minimum,
-                )
-                await self.retention.set_deadline(
-                    user_id, "output", output_id, now + self.settings.retention.outputs
-                )
-            if metadata is not None:
-                await self.queue.set_metadata(job.id, metadata)
-            await self.tables.adapters.touch(adapter_id, now)
-            await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
-            await self._finish(job, "portraits")
+        async with self._blobs_or_nothing(user_id) as written:
+            for output_id, data in zip(output_ids, images, strict=True):
+                written.append(output_id)  # before the write: a failure after the rename leaves it
+                await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
+            now = self.clock.now()
+            keep = await self.model_retention(user_id)
+            async with self.store.transaction():
+                if not await self.queue.is_current(job):
+                    await self._discard(user_id, output_ids)
+                    return False
+                for position, (output_id, score) in enumerate(zip(output_ids, scores, strict=True)):
+                    await self.tables.outputs.add(
+                        output_id,
+                        user_id,
+                        job.id,
+                        preset_key,
+                        position,
+                        score.faces,
+                        score.likeness,
+                        score.below_minimum,
+                    )
+                    await self.retention.set_deadline(
+                        user_id, "output", output_id, now + self.settings.retention.outputs
+                    )
+                if metadata is not None:
+                    await self.queue.set_metadata(job.id, metadata)
+                await self.tables.adapters.touch(adapter_id, now)
+                await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
+                await self._finish(job, "portraits")
         return True
 
     async def record_failure(self, job: Job, reason: str) -> str:
@@ -469,6 +504,7 @@ class Engine:
                     images,
                     job.error if job else None,
                     scores,
+                    row["parts_sent"],
                 )
             )
         return deliveries
@@ -502,19 +538,31 @@ class Engine:
                 return
             await self._record_delivery(delivery, message_ids, platform)
 
-    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
+    async def part_sent(self, delivery: Delivery, part: int, message_ids: list[str], platform: str) -> None:
+        """Record at once that the platform accepted part `part` (0-based) of a delivery, with its message
+        ids: a restart resumes after it and never repeats an acknowledged send. Call it right after each
+        platform call returns; `delivered` then closes the delivery."""
+        async with self.user_lock(delivery.user_id):
+            if not await self.is_known(delivery.user_id):
+                return
+            async with self.store.transaction():
+                if await self.tables.deliveries.mark_part_sent(delivery.id, part + 1):
+                    await self._record_messages(delivery, message_ids, platform)
+
+    async def _record_messages(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         now = self.clock.now()
         message_retention = await self.message_retention(delivery.user_id, platform)
+        for message_id in message_ids:
+            row_id = await self.tables.messages.add(delivery.user_id, message_id, "result", delivery.job_id)
+            if delivery.kind == "portraits" and message_retention > 0:
+                await self.retention.set_deadline(
+                    delivery.user_id, "message", row_id, now + message_retention
+                )
+
+    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         async with self.store.transaction():
             await self.tables.deliveries.mark_sent(delivery.id)
-            for message_id in message_ids:
-                row_id = await self.tables.messages.add(
-                    delivery.user_id, message_id, "result", delivery.job_id
-                )
-                if delivery.kind == "portraits" and message_retention > 0:
-                    await self.retention.set_deadline(
-                        delivery.user_id, "message", row_id, now + message_retention
-                    )
+            await self._record_messages(delivery, message_ids, platform)
         for output_id, _ in delivery.images:
             await self.retention.expire("output", delivery.user_id, output_id)
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -138,9 +139,11 @@ class RetentionScheduler:
     async def _run(self) -> None:
         try:
             await self.retention.run_due(self.delete_message)
+            await self.reschedule()
+        except asyncio.CancelledError:
+            return  # the process is stopping: what is due runs at the next start (not an error)
         except Exception:
             log.exception("retention run failed; the sweep will try again")
-        await self.reschedule()
 
     async def reschedule(self) -> None:
         due = await self.retention.tables.deadlines.next()

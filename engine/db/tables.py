@@ -198,6 +198,10 @@ class Deliveries:
     async def mark_sent(self, delivery_id: str) -> None:
         await self.db.execute(self.db.sql.DELIVERY_SENT, (self.db.clock.now(), delivery_id))
 
+    async def mark_part_sent(self, delivery_id: str, parts: int) -> bool:
+        """The first `parts` parts were accepted by the platform; False if already recorded (or over)."""
+        return await self.db.execute(self.db.sql.DELIVERY_PART_SENT, (parts, delivery_id, parts)) > 0
+
 
 class Messages:
     """Messages the bot sent to a user, kept so they can be edited (progress) and deleted."""

@@ -119,4 +119,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outputs ADD COLUMN below_minimum INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN metadata TEXT
     """,
+    # 3: the outbox remembers how many parts of a delivery the platform accepted
+    """
+    ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
+    """,
 ]

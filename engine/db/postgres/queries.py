@@ -75,6 +75,7 @@ DELIVERY_RETRY_ALL_NOW = "UPDATE deliveries SET not_before=0 WHERE state='pendin
 DELIVERY_ATTEMPTS = "SELECT attempts FROM deliveries WHERE id=?"
 DELIVERY_BACK_OFF = "UPDATE deliveries SET attempts=?, state=?, not_before=? WHERE id=?"
 DELIVERY_SENT = "UPDATE deliveries SET state='sent', sent_at=?, attempts=attempts+1 WHERE id=?"
+DELIVERY_PART_SENT = "UPDATE deliveries SET parts_sent=? WHERE id=? AND parts_sent<? AND state='pending'"
 
 # -- messages the bot sent ---------------------------------------------------------------------------------
 MESSAGE_INSERT = (

@@ -116,4 +116,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outputs ADD COLUMN below_minimum INTEGER NOT NULL DEFAULT 0;  -- 1: under the minimum
     ALTER TABLE jobs ADD COLUMN metadata TEXT;               -- JSON: every candidate's faces and distance
     """,
+    # 3: the outbox remembers how many parts of a delivery the platform accepted, so a restart never
+    #    repeats an acknowledged send
+    """
+    ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
+    """,
 ]
