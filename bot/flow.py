@@ -99,6 +99,7 @@ class Conversation:
         """Answer `messenger.platform`'s events through it; its message lifetime caps the policy text."""
         self.messengers[messenger.platform] = messenger
         self.t.cap_messages(messenger.platform, messenger.message_lifetime)
+        self.engine.cap_messages(messenger.platform, messenger.message_lifetime)
 
     # -- dispatch ----------------------------------------------------------------------------------------
     async def dispatch(self, event: Event, apologise: Apology | None = None) -> bool:

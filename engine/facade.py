@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_r
 from engine.likeness import Signature
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
-from engine.retention import MessageDeleter, Retention, message_cap
+from engine.retention import MessageDeleter, Retention
 from engine.settings import Settings
 from engine.vault import Pseudonymizer, Vault, load_or_create_master_key, open_vault
 
@@ -44,7 +45,6 @@ __all__ = [
     "Rejected",
     "RunningJob",
     "UserStatus",
-    "message_cap",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class Engine:
             min_side=settings.upload.min_side,
         )
         self._user_locks: dict[str, asyncio.Lock] = {}
+        # platform -> how long it lets a bot delete its messages; registered by the front-ends
+        self.message_caps: dict[str, float] = {}
 
     @classmethod
     async def open(cls, settings: Settings, clock: Clock | None = None) -> Engine:
@@ -175,6 +177,10 @@ class Engine:
     @property
     def clock(self) -> Clock:
         return self.store.clock
+
+    def cap_messages(self, platform: str, seconds: float) -> None:
+        """A platform's limit on deleting sent messages (Telegram: 48 h): message deadlines stay within it."""
+        self.message_caps[platform] = seconds
 
     async def is_known(self, user_id: str) -> bool:
         """True if anything of the user is stored (a user row exists)."""
@@ -599,7 +605,7 @@ class Engine:
         user = await self.tables.users.get(user_id)
         chosen = user["message_retention"] if user and user["message_retention"] is not None else None
         value = self.settings.retention.messages if chosen is None else chosen
-        return min(value, message_cap(platform)) if value > 0 else 0.0
+        return min(value, self.message_caps.get(platform, math.inf)) if value > 0 else 0.0
 
     async def set_model_retention(self, user_id: str, seconds: float) -> None:
         """A user's own choice, capped by the operator; applies at once to the current model."""

@@ -20,15 +20,7 @@ from engine.vault import Vault
 
 log = logging.getLogger(__name__)
 
-# Telegram lets bots delete messages only while they are younger than 48 hours.
-MESSAGE_CAPS = {"telegram": 47 * 3600.0}
-
 MessageDeleter = Callable[[str, str], Awaitable[bool]]  # (user id, sent message row id) -> deleted
-
-
-def message_cap(platform: str) -> float:
-    """The longest a platform lets the bot wait before deleting a message it sent."""
-    return MESSAGE_CAPS.get(platform, float("inf"))
 
 
 class Retention:
