@@ -98,7 +98,7 @@ class ConsoleFrontend:
     async def _read_loop(self) -> None:
         self.write("Likeness console. Type /start to begin, `photo PATH ...` to send photos, quit to leave.")
         while True:
-            line = await asyncio.to_thread(sys.stdin.readline)
+            line = await asyncio.to_thread(self._read_line)
             if not line or line.strip() in {"quit", "exit"}:
                 self.on_quit()
                 return
@@ -111,6 +111,14 @@ class ConsoleFrontend:
             except Exception as error:
                 self.write(f"   something went wrong ({type(error).__name__}); see the log")
                 log.exception("a console event failed")
+
+    @staticmethod
+    def _read_line() -> str:
+        """One line from stdin, after a `> ` prompt when a person types it (not when input is piped)."""
+        if sys.stdin.isatty():
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        return sys.stdin.readline()
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop())

@@ -1,5 +1,6 @@
 """The console front-end: typed lines become the same neutral events, replies are printed and saved."""
 
+import io
 from pathlib import Path
 
 from bot.console import ConsoleFrontend
@@ -64,3 +65,23 @@ async def test_a_failing_event_is_reported_and_the_console_keeps_reading(tmp_pat
     await console._read_loop()
     assert any("something went wrong (RuntimeError)" in line for line in printed)
     assert quit_called == [True]  # the loop survived the error and read the next line
+
+
+async def test_a_person_at_a_terminal_sees_an_input_prompt(tmp_path, monkeypatch, capsys):
+    console, _ = make(tmp_path)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    events = []
+
+    class Recorder:
+        async def handle(self, event):
+            events.append(event)
+
+    monkeypatch.setattr("sys.stdin", Terminal("/help\nquit\n"))
+    console.conversation = Recorder()
+    await console._read_loop()
+    assert capsys.readouterr().out.count("> ") == 2  # before /help and before quit
+    assert [e.name for e in events] == ["help"]
