@@ -18,6 +18,7 @@ from typing import Any
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused
+from engine.estimates import prior_seconds
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
@@ -123,7 +124,8 @@ class Engine:
         self.vault = vault
         self.presets = presets
         self.pseudonyms = Pseudonymizer(vault)
-        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts)
+        priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate")}
+        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts, priors=priors)
         self.retention = Retention(self.tables, self.queue, vault)
         self.limits = IntakeLimits(
             max_bytes=settings.upload.max_mb * 1024 * 1024,
