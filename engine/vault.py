@@ -105,7 +105,9 @@ class KeyStore:
     """Wrapped data keys in their own SQLite file. Thread-safe; every call is short."""
 
     def __init__(self, path: Path, master_key: bytes):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():  # private like the master key; SQLite gives its journal the same mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # No WAL here: with secure_delete and a rollback journal a shredded key is overwritten in place.
