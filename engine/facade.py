@@ -19,6 +19,7 @@ from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused
 from engine.estimates import prior_seconds
+from engine.export import readable
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
@@ -530,7 +531,7 @@ class Engine:
                     f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
                 )
         await self.tables.audit.add("export")
-        return json.dumps(summary, indent=2, default=str).encode(), archive.getvalue()
+        return json.dumps(readable(summary), indent=2, default=str).encode(), archive.getvalue()
 
     async def forget(self, user_id: str) -> Receipt:
         """Erase the user: cancel jobs, shred the data key, delete blobs and rows, compact.
