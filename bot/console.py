@@ -42,6 +42,7 @@ class ConsoleFrontend:
         self.buttons: list[Button] = []
         self.next_id = 0
         self.on_quit: Callable[[], None] = lambda: None
+        self.saved: list[Path] = []  # every file written for the user, removed again by /forget
         self.conversation = None
         self._reader: asyncio.Task | None = None
 
@@ -56,6 +57,7 @@ class ConsoleFrontend:
         for name, data in [*zip(names, reply.images, strict=True), *reply.files]:
             path = self.out_dir / name
             path.write_bytes(data)
+            self.saved.append(path)
             lines.append(f"   📎 saved {path}")
         if reply.buttons:
             self.buttons = [button for row in reply.buttons for button in row]
@@ -68,6 +70,16 @@ class ConsoleFrontend:
 
     async def delete(self, chat: Chat, message_id: str) -> bool:
         return True
+
+    async def delete_saved_files(self, chat: Chat) -> int:
+        """/forget: remove every portrait and /mydata file this console wrote; returns how many."""
+        removed = 0
+        for path in self.saved:
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        self.saved.clear()
+        return removed
 
     async def acknowledge(self, event: Event, text: str = "") -> None:
         if text:
@@ -88,11 +100,17 @@ class ConsoleFrontend:
             photos = []
             for name in shlex.split(line[6:]):
                 path = Path(name).expanduser()
-                size = path.stat().st_size if path.is_file() else None
+                if not path.is_file():
+                    self.write(f"   no such file: {name}")
+                    continue
                 photos.append(
-                    IncomingPhoto(size=size, download=lambda p=path: asyncio.to_thread(p.read_bytes))
+                    IncomingPhoto(
+                        size=path.stat().st_size,
+                        download=lambda p=path: asyncio.to_thread(p.read_bytes),
+                        name=path.name,
+                    )
                 )
-            return PhotoMessage(CHAT, tuple(photos))
+            return PhotoMessage(CHAT, tuple(photos)) if photos else None
         return TextMessage(CHAT, line)
 
     async def _read_loop(self) -> None:

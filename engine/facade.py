@@ -517,9 +517,9 @@ class Engine:
             message_retention=await self.message_retention(user_id, platform),
         )
 
-    async def export(self, user_id: str) -> tuple[bytes, bytes]:
-        """Everything stored about the user: a JSON summary and a zip of their photos and portraits.
-        Both are built in memory only."""
+    async def export(self, user_id: str) -> tuple[bytes, bytes | None]:
+        """Everything stored about the user: a JSON summary and a zip of their photos and portraits (None
+        when there are none). Both are built in memory only."""
         summary: dict[str, Any] = {"user": "you (stored under a pseudonym)", "consents": [], "photos": []}
         user = await self.tables.users.get(user_id)
         if user:
@@ -535,7 +535,8 @@ class Engine:
                     f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
                 )
         await self.tables.audit.add("export")
-        return json.dumps(readable(summary), indent=2, default=str).encode(), archive.getvalue()
+        files = archive.getvalue() if summary["photos"] or summary["outputs"] else None
+        return json.dumps(readable(summary), indent=2, default=str).encode(), files
 
     async def forget(self, user_id: str) -> Receipt:
         """Erase the user: cancel jobs, shred the data key, delete blobs and rows, compact.

@@ -13,16 +13,18 @@ def make(tmp_path: Path) -> tuple[ConsoleFrontend, list[str]]:
 
 
 async def test_lines_become_events(tmp_path):
-    console, _ = make(tmp_path)
+    console, printed = make(tmp_path)
     photo = tmp_path / "me.jpg"
     photo.write_bytes(b"\xff\xd8\xff fake jpeg")
     assert console.parse("/start") == Command(console.parse("/start").chat, "start", "")
     assert console.parse("   ") is None
     assert isinstance(console.parse("hello"), TextMessage)
     event = console.parse(f"photo {photo} {tmp_path / 'missing.jpg'}")
-    assert isinstance(event, PhotoMessage) and len(event.photos) == 2
-    assert event.photos[0].size == photo.stat().st_size and event.photos[1].size is None
+    assert isinstance(event, PhotoMessage) and len(event.photos) == 1
+    assert event.photos[0].size == photo.stat().st_size and event.photos[0].name == "me.jpg"
     assert await event.photos[0].download() == photo.read_bytes()
+    assert printed == [f"   no such file: {tmp_path / 'missing.jpg'}"]
+    assert console.parse(f"photo {tmp_path / 'missing.jpg'}") is None  # nothing to send
     assert event.chat.private
 
 
