@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         args.console = Path("likeness-results")
     try:
         settings = load_settings()
+        from bot.platforms import platform_settings
+
+        platform_settings(settings)  # a bad platform setting stops here, in one line, like any other
     except SettingsError as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             prepare_demo(args.console)
         asyncio.run(run(args.console))
-    except (NoFrontend, StartupError, VaultError, DemoUnavailable) as error:
+    except (NoFrontend, SettingsError, StartupError, VaultError, DemoUnavailable) as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
