@@ -32,9 +32,15 @@ class Texts:
             self.policy_summary().encode() + self._full_raw().encode()
         ).hexdigest()[:16]
 
-    def __call__(self, key: str, **values: Any) -> str:
-        """A message from [messages], formatted with `values`."""
-        return self.data["messages"][key].format(**values)
+    def __call__(self, key: str, platform: str | None = None, **values: Any) -> str:
+        """A message from [messages], formatted with `values`; a `[<platform>]` table may replace it."""
+        text = self.data.get(platform or "", {}).get(key, self.data["messages"][key])
+        return text.format(**values)
+
+    def eta(self, seconds: float, estimated: bool) -> str:
+        """ "about N minutes" material: the duration, marked as an estimate until one was measured."""
+        text = eta_text(seconds)
+        return self("eta_estimated", eta=text) if estimated else text
 
     def cap_messages(self, platform: str, seconds: float) -> None:
         """`platform` lets a bot delete its messages only for `seconds` (math.inf: no limit)."""
@@ -46,15 +52,23 @@ class Texts:
     def setting_button(self, key: str) -> str:
         return self.data["settings_buttons"][key]
 
-    def schedule(self, platform: str | None = None) -> str:
+    def schedule(
+        self, platform: str | None = None, model: float | None = None, messages: float | None = None
+    ) -> str:
+        """The retention lines; `model` / `messages` are a user's own choices from /settings (None: the
+        operator's defaults, as in the policy)."""
         retention, policy = self.settings.retention, self.data["policy"]
+        model_key = "schedule_model" if model is None or model == retention.model else "schedule_model_chosen"
         lines = [
             policy["schedule_photos"].format(photos=format_duration(retention.photos)),
-            policy["schedule_model"].format(model=format_duration(retention.model)),
+            policy[model_key].format(model=format_duration(retention.model if model is None else model)),
             policy["schedule_outputs"].format(outputs=format_duration(retention.outputs)),
         ]
-        if retention.messages > 0:
-            seconds = min(retention.messages, self.message_caps.get(platform or "", math.inf))
+        messages = retention.messages if messages is None else messages
+        if platform == "console":
+            lines.append(policy["schedule_messages_console"])
+        elif messages > 0:
+            seconds = min(messages, self.message_caps.get(platform or "", math.inf))
             lines.append(policy["schedule_messages_on"].format(messages=format_duration(seconds)))
         else:
             lines.append(policy["schedule_messages_off"])
@@ -73,7 +87,7 @@ class Texts:
     def policy_full(self, platform: str | None = None) -> str:
         return self.data["policy"]["full"].format(
             version=self.policy_version,
-            operator=self.settings.operator_contact,
+            operator=self.settings.operator_contact or self.data["policy"]["no_operator_contact"],
             schedule=self.schedule(platform),
         )
 

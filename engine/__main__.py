@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from engine.errors import VaultError
+from engine.errors import StartupError, VaultError
 from engine.runtime import install_stop_signals, setup_logging
 from engine.settings import Settings, SettingsError, load_settings
 
@@ -35,9 +35,11 @@ async def run_worker(settings: Settings) -> None:
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
-    await asyncio.gather(task, return_exceptions=True)
+    [outcome] = await asyncio.gather(task, return_exceptions=True)
     stopper.cancel()
     await engine.close()
+    if isinstance(outcome, BaseException):  # e.g. the model could not be loaded: main() says why
+        raise outcome
     log.info("worker stopped")
 
 
@@ -94,16 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             print(__doc__, file=sys.stderr)
             return 2
         asyncio.run(run_worker(settings))
-    except VaultError as error:
+    except (StartupError, VaultError) as error:  # a model or device that cannot be used: one clear line
         print(f"likeness: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # a model that cannot be loaded, etc.: one clear line
-        from engine.ml.pipeline import ModelLoadError
-
-        if isinstance(error, ModelLoadError):
-            print(f"likeness: {error}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 

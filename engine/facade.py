@@ -21,6 +21,8 @@ from typing import Any
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused, storage_refusal
+from engine.estimates import prior_seconds
+from engine.export import readable
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.likeness import Signature
 from engine.presets import Preset, load_presets
@@ -147,7 +149,8 @@ class Engine:
         self.vault = vault
         self.presets = presets
         self.pseudonyms = Pseudonymizer(vault)
-        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts)
+        priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate")}
+        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts, priors=priors)
         self.retention = Retention(self.tables, self.queue, vault)
         self.limits = IntakeLimits(
             max_bytes=settings.upload.max_mb * 1024 * 1024,
@@ -643,9 +646,9 @@ class Engine:
             message_retention=await self.message_retention(user_id, platform),
         )
 
-    async def export(self, user_id: str) -> tuple[bytes, bytes]:
-        """Everything stored about the user: a JSON summary and a zip of their photos and portraits.
-        Both are built in memory only."""
+    async def export(self, user_id: str) -> tuple[bytes, bytes | None]:
+        """Everything stored about the user: a JSON summary and a zip of their photos and portraits (None
+        when there are none). Both are built in memory only."""
         summary: dict[str, Any] = {"user": "you (stored under a pseudonym)", "consents": [], "photos": []}
         user = await self.tables.users.get(user_id)
         if user:
@@ -663,7 +666,8 @@ class Engine:
                     f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
                 )
         await self.tables.audit.add("export")
-        return json.dumps(summary, indent=2, default=str).encode(), archive.getvalue()
+        files = archive.getvalue() if summary["photos"] or summary["outputs"] else None
+        return json.dumps(readable(summary), indent=2, default=str).encode(), files
 
     async def forget(self, user_id: str) -> Receipt:
         """Erase the user: cancel jobs, shred the data key, delete blobs and rows, compact.

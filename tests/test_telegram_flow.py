@@ -153,9 +153,9 @@ async def test_an_album_is_answered_once_with_a_summary_and_a_train_button(world
     summaries = [m for m in world.fake.messages(ALICE) if "photos so far" in (m.text or "")]
     assert summaries == [world.summary]
     assert [line for line in world.summary.text.splitlines() if "looks good" in line] == [
-        "✅ Photo 1: looks good.",
-        "✅ Photo 2: looks good.",
-        "✅ Photo 3: looks good.",
+        "✅ Photo 1/3: looks good (1 saved).",
+        "✅ Photo 2/3: looks good (2 saved).",
+        "✅ Photo 3/3: looks good (3 saved).",
     ]
     assert "3 of at least 3 photos" in world.summary.text
     assert button_data(world.summary, "train") == ["train"]
