@@ -75,6 +75,7 @@ class EngineSettings:
     train_steps: int
     images_per_request: int
     adapter_cache: int
+    motion_adapter: str
     lease: Duration
     max_attempts: int
     poll_interval: Duration
@@ -207,6 +208,11 @@ def _validate(settings: Settings) -> None:
         (engine.train_steps >= 0, "LIKENESS_ENGINE_TRAIN_STEPS", "must be 0 (default) or more"),
         (1 <= engine.images_per_request <= 10, "LIKENESS_ENGINE_IMAGES_PER_REQUEST", "must be 1..10"),
         (engine.adapter_cache >= 1, "LIKENESS_ENGINE_ADAPTER_CACHE", "must be at least 1"),
+        (
+            bool(engine.motion_adapter.strip()),
+            "LIKENESS_ENGINE_MOTION_ADAPTER",
+            "must be auto, off, tiny, an id or a folder",
+        ),
         (engine.max_attempts >= 1, "LIKENESS_ENGINE_MAX_ATTEMPTS", "must be at least 1"),
         (engine.presets_path.is_file(), "LIKENESS_ENGINE_PRESETS", f"no such file: {engine.presets_path}"),
         (

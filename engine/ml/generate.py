@@ -8,12 +8,13 @@ layers' scalings are set from its ``lora_alpha``: no peft module walk, so a swap
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import PIL.Image
@@ -224,6 +225,20 @@ class Generator:
         name = self._loaded.pop(owner, None)
         if name is not None:
             self._drop(self._slots[name])
+
+    @contextlib.contextmanager
+    def active(self, owner: str | None) -> Iterator[None]:
+        """Within the block only ``owner``'s adapter acts (``None``: the base model), also in pipelines built
+        on the resident pipeline's layers (video). Marks the owner most recently used; all off afterwards."""
+        if owner is not None and owner not in self._loaded:
+            raise KeyError("no adapter loaded for this owner; call load_adapter first")
+        if owner is not None:
+            self._loaded.move_to_end(owner)
+        set_active_adapter(self.pipe, None if owner is None else self._loaded[owner])
+        try:
+            yield
+        finally:
+            set_active_adapter(self.pipe, None)
 
     @torch.no_grad()
     def generate(
