@@ -45,6 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+RESULT_KINDS = ("portraits", "video")  # deliveries that carry outputs (still images, or one MP4 clip)
 MAX_DELIVERY_ATTEMPTS = 40  # with exponential backoff capped at 1 h: about a day of tries
 
 
@@ -61,10 +62,10 @@ class Delivery:
     id: str
     user_id: str
     job_id: str
-    kind: str  # trained | portraits | failed
+    kind: str  # trained | portraits | video | failed
     chat: dict[str, Any]
     preset: str | None = None
-    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image or MP4)
     error: str | None = None
 
 
@@ -121,7 +122,8 @@ class Engine:
         self.store = store  # the database connection (tests read it directly)
         self.tables = Tables(store)
         self.vault = vault
-        self.presets = presets
+        video_off = settings.engine.motion_adapter == "off"  # no motion adapter: no video presets offered
+        self.presets = {key: p for key, p in presets.items() if not (video_off and p.video)}
         self.pseudonyms = Pseudonymizer(vault)
         self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts)
         self.retention = Retention(self.tables, self.queue, vault)
@@ -251,11 +253,14 @@ class Engine:
         return await self._enqueue(user_id, "train", {})
 
     async def request_portraits(self, user_id: str, preset_key: str) -> str:
-        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style)."""
+        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style).
+        A video preset queues one animated clip (job kind `video`) instead of still portraits."""
         if preset_key not in self.presets:
             raise Refused("unknown_style")
         if not await self.has_model(user_id) and not await self.active_training(user_id):
             raise Refused("no_model")
+        if self.presets[preset_key].video:
+            return await self._enqueue(user_id, "video", {"preset": preset_key})
         payload = {"preset": preset_key, "count": self.settings.engine.images_per_request}
         return await self._enqueue(user_id, "generate", payload)
 
@@ -316,7 +321,19 @@ class Engine:
             await self.retention.expire("photo", user_id, photo_id)
         return True
 
-    async def record_portraits(self, job: Job, preset_key: str, images: list[bytes], adapter_id: str) -> bool:
+    async def record_clip(self, job: Job, preset_key: str, clip: bytes, adapter_id: str) -> bool:
+        """Store the marked MP4 of a video job as the job's one output (sealed, with the outputs'
+        deadline) and finish it with a `video` delivery; False when the job was lost."""
+        return await self.record_portraits(job, preset_key, [clip], adapter_id, delivery_kind="video")
+
+    async def record_portraits(
+        self,
+        job: Job,
+        preset_key: str,
+        images: list[bytes],
+        adapter_id: str,
+        delivery_kind: str = "portraits",
+    ) -> bool:
         """Store the encoded portraits of a generation job and finish it, if this attempt still owns it;
         the model's lifetime starts again. Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
@@ -336,7 +353,7 @@ class Engine:
                 )
             await self.tables.adapters.touch(adapter_id, now)
             await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
-            await self._finish(job, "portraits")
+            await self._finish(job, delivery_kind)
         return True
 
     async def record_failure(self, job: Job, reason: str) -> str:
@@ -374,7 +391,7 @@ class Engine:
             job = await self.queue.get(row["job_id"])
             images: list[tuple[str, bytes]] = []
             preset = job.payload.get("preset") if job else None
-            if row["kind"] == "portraits":
+            if row["kind"] in RESULT_KINDS:
                 images = [
                     (output_id, data)
                     for output_id in await self.tables.outputs.ids_of_job(row["job_id"])
@@ -432,7 +449,7 @@ class Engine:
                 row_id = await self.tables.messages.add(
                     delivery.user_id, message_id, "result", delivery.job_id
                 )
-                if delivery.kind == "portraits" and message_retention > 0:
+                if delivery.kind in RESULT_KINDS and message_retention > 0:
                     await self.retention.set_deadline(
                         delivery.user_id, "message", row_id, now + message_retention
                     )
@@ -524,9 +541,11 @@ class Engine:
             for photo in summary["photos"]:
                 zipped.writestr(f"photos/{photo['id']}.png", self.vault.get(user_id, "photo", photo["id"]))
             for output in summary["outputs"]:
-                zipped.writestr(
-                    f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
+                data = self.vault.get(user_id, "output", output["id"])
+                name = (
+                    f"videos/{output['id']}.mp4" if data[4:8] == b"ftyp" else f"portraits/{output['id']}.png"
                 )
+                zipped.writestr(name, data)
         await self.tables.audit.add("export")
         return json.dumps(summary, indent=2, default=str).encode(), archive.getvalue()
 

@@ -58,7 +58,7 @@ class QueuePosition:
 
 
 # Until durations have been measured, ETAs use these (seconds); measured values replace them.
-DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0}
+DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0, "video": 180.0}
 
 
 class JobQueue:
