@@ -1,4 +1,4 @@
-"""The outbox loop: sends finished work (model ready, portraits, failures) and records every send.
+"""The outbox loop: sends finished work (model ready, portraits, clips, failures) and records every send.
 
 A delivery row is marked sent right after the platform accepted the message, together with the ids of the
 messages (for /forget and the messages deadline). A bot killed before that resends on restart; nothing is
@@ -31,6 +31,13 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
     settings = engine.settings
     protect = settings.telegram.protect_content
     again = ((Button(t.button("another_style"), "styles"),),)
+    if delivery.kind == "video":  # one clip, one message: the caption and the buttons ride with it
+        clip = delivery.images[0][1]
+        return [
+            Reply(
+                caption, buttons=again, protect=protect, animation=(f"likeness-{delivery.preset}.mp4", clip)
+            )
+        ]
     mode = settings.provenance.deliver_as
     replies = []
     if mode in {"photos", "both"}:
@@ -78,7 +85,7 @@ async def deliver(conversation: Conversation, platform: str, delivery: Delivery)
         except Exception:
             log.warning("the progress message could not be edited")
     message_ids: list[str] = []
-    if delivery.kind == "portraits" and not delivery.images:  # expired before it could be sent
+    if delivery.kind in ("portraits", "video") and not delivery.images:  # expired before it could be sent
         await engine.delivered(delivery, [], platform)
         return
     for reply in delivery_replies(conversation, delivery):

@@ -90,6 +90,9 @@ class Reply:
     protect: bool = False  # ask the platform to prevent forwarding/saving where supported
     ephemeral: bool = False  # only the user sees it (Discord interactions); ignored elsewhere
     files: tuple[tuple[str, bytes], ...] = field(default=())  # (file name, bytes) sent as documents
+    animation: tuple[str, bytes] | None = (
+        None  # (file name, MP4): a clip played inline and looped, one message
+    )
 
 
 class Messenger(Protocol):

@@ -192,8 +192,16 @@ class Conversation:
         await self.show_progress(chat, user_id, job_id, self.t("train_queued", position=position), event)
 
     def style_buttons(self) -> tuple[tuple[Button, ...], ...]:
-        buttons = [Button(preset.label, f"style:{key}") for key, preset in self.engine.presets.items()]
-        return tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
+        """Still styles two a row, then the animated (video) styles on rows of their own."""
+        rows: list[tuple[Button, ...]] = []
+        for video in (False, True):
+            buttons = [
+                Button(preset.label, f"style:{key}")
+                for key, preset in self.engine.presets.items()
+                if preset.video == video
+            ]
+            rows += [tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2)]
+        return tuple(rows)
 
     async def styles(self, event: Command, user_id: str) -> None:
         if not await self.require_consent(event.chat, user_id, event):
