@@ -253,7 +253,7 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"setting {url_name}: expected an http(s) URL, got {url!r}")
 
 
-JOB_KINDS = ("train", "generate")
+JOB_KINDS = ("train", "generate", "video")
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 

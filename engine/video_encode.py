@@ -15,7 +15,7 @@ import av
 import numpy as np
 import PIL.Image
 
-from engine.provenance import mp4
+from engine import mp4
 
 # x264 settings that keep the invisible watermark in every frame: CRF 12, `tune grain` (less dead-zone
 # quantisation, no DCT decimation) and no B-frames (coarser-quantised B-frames lose it first). x264's

@@ -19,14 +19,13 @@ import transformers
 from diffusers import MotionAdapter
 from skimage import data
 
-from engine import video_encode
+from engine import mp4, video_encode
 from engine.ml.generate import GenerationStopped, Generator
 from engine.ml.motion import MotionAdapterError, load_motion_adapter, motion_unet, tiny_motion_adapter
 from engine.ml.pipeline import load_pipeline, loaded_adapters
 from engine.ml.train import TrainConfig, pack_adapter, train_lora, unpack_adapter
 from engine.ml.video import VideoGenerator, crossfade_loop, loop_overlap
 from engine.presets import Preset, PresetError, load_presets
-from engine.provenance import mp4
 from engine.provenance.marking import ProvenanceConfig
 from engine.provenance.verify import verify_main
 from engine.provenance.video import frame_size, mark_video, verify_video

@@ -106,7 +106,7 @@ async def test_video_job_from_request_to_forget(tmp_path, presets):
             assert zipped.read(f"videos/{output_id}.mp4") == clip
         assert [o["preset"] for o in json.loads(summary)["outputs"]] == ["clip"]
 
-        blob = engine.vault._path(user, output_id)
+        blob = engine.vault.blobs.path(user, output_id)
         assert blob.exists() and clip not in blob.read_bytes()  # sealed at rest
         await engine.delivered(delivery, ["m1"], "telegram")
         assert [d.kind for d in await engine.pending_deliveries("telegram")] == ["trained"]

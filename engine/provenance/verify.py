@@ -126,7 +126,7 @@ def verify_main(argv: list[str]) -> int:
 
 def _check_file(data: bytes, config: ProvenanceConfig | None, trust_anchors: Path | None) -> list[str]:
     """The report lines for an image, or for an MP4 clip (its file marks and every frame's watermark)."""
-    from engine.provenance import mp4
+    from engine import mp4
 
     if not mp4.is_mp4(data):
         return format_report(verify_image(data, config, trust_anchors))

@@ -1,7 +1,7 @@
 """Mark a clip as AI-generated (`mark_video`) and check an MP4 for the marks (`verify_video`).
 
 Every frame gets the invisible watermark (after the last resize, before encoding), the MP4 carries the
-IPTC Digital Source Type in XMP (engine/provenance/mp4.py) and, when configured, a C2PA manifest that
+IPTC Digital Source Type in XMP (engine/mp4.py) and, when configured, a C2PA manifest that
 signs the final bytes. Verification reads the file's marks and the watermark of every decoded frame.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import PIL.Image
 
-from engine import video_encode
-from engine.provenance import c2pa_sign, metadata, mp4, visible, watermark
+from engine import mp4, video_encode
+from engine.provenance import c2pa_sign, metadata, visible, watermark
 from engine.provenance.marking import ProvenanceConfig
 
 MP4_MIME = "video/mp4"
