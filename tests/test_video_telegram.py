@@ -116,6 +116,8 @@ async def test_one_press_is_one_clip_message(world: World) -> None:
     results = [m for m in new if m.document is not None or m.photo is not None]
     assert results == [clip]  # not the same clip again as a document, no "⬆️" button message
     assert len(world.fake.calls_to("sendAnimation")) == 1
+    texts = [e.get("text") or "" for m in new for e in [*m.edits, {"text": m.text}]]
+    assert any("Clip (animated): one animated clip coming up." in t for t in texts)  # progress, then the clip
     assert "AI-generated" in clip.caption and "Clip (animated)" in clip.caption
     assert clip.protect_content
     assert clip.button_texts == ["Another style"]
