@@ -335,3 +335,20 @@ def test_tiny_clip_marked_end_to_end(videos):
     assert (report.width, report.height) == (512, 512)  # 64x64 frames, upscaled for the watermark
     # smooth, upscaled noise is the hardest content for the watermark; one frame may fall short
     assert report.watermark and report.watermark_frames >= CLIP.frames - 1 and report.iptc_xmp
+
+
+async def test_console_writes_a_delivered_clip_to_a_file(tmp_path):
+    from bot.console import CHAT as CONSOLE_CHAT
+    from bot.console import ConsoleFrontend
+    from bot.events import Button, Reply
+
+    lines: list[str] = []
+    console = ConsoleFrontend(tmp_path / "out", write=lines.append)
+    clip = mark_video(_pan(8, (256, 320)), 8, ProvenanceConfig(DEPLOYMENT))
+    reply = Reply(
+        "Clip · AI-generated", buttons=((Button("Another style", "styles"),),), animation=("c.mp4", clip)
+    )
+    assert len(await console.send(CONSOLE_CHAT, reply)) == 1  # one message
+    assert (tmp_path / "out" / "c.mp4").read_bytes() == clip
+    assert "AI-generated" in lines[0] and "c.mp4" in lines[0] and "[1] Another style" in lines[0]
+    assert verify_video((tmp_path / "out" / "c.mp4").read_bytes()).watermark
