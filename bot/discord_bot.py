@@ -119,7 +119,8 @@ def views(buttons: tuple[tuple[Button, ...], ...]) -> list[discord.ui.View]:
 
 def attachments(reply: Reply) -> list[tuple[str, bytes]]:
     names = reply.image_names or tuple(f"portrait-{n + 1}.png" for n in range(len(reply.images)))
-    return [*reply.files, *zip(names, reply.images, strict=True)]
+    clip = [reply.animation] if reply.animation else []  # Discord plays an MP4 attachment inline
+    return [*reply.files, *zip(names, reply.images, strict=True), *clip]
 
 
 def to_files(named: list[tuple[str, bytes]]) -> list[discord.File]:

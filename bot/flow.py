@@ -294,7 +294,7 @@ class Conversation:
         preset = self.engine.presets[key]
         position = await self.position_text(user_id, job_id)
         text = self.t(
-            "style_queued",
+            "clip_queued" if preset.video else "style_queued",
             label=preset.label,
             count=self.engine.settings.engine.images_per_request,
             position=position,

@@ -160,7 +160,21 @@ class TelegramMessenger:
                     )
                 )
             )
-        if reply.images:
+        if reply.animation:  # inline, looping playback; caption and buttons on the same message
+            name, clip = reply.animation
+            sent.append(
+                await with_retries(
+                    lambda: self.bot.send_animation(
+                        chat_id,
+                        animation=clip,
+                        filename=name,
+                        caption=reply.text,
+                        reply_markup=keyboard(reply),
+                        protect_content=self.protect(reply),
+                    )
+                )
+            )
+        elif reply.images:
             names = reply.image_names or tuple(f"portrait-{n + 1}.png" for n in range(len(reply.images)))
             media_type = InputMediaDocument if reply.as_files else InputMediaPhoto
             media = [

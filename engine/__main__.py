@@ -1,8 +1,8 @@
-"""`python -m engine`: a standalone worker. Also `rotate-master-key` and `verify IMAGE...`.
+"""`python -m engine`: a standalone worker. Also `rotate-master-key` and `verify FILE...`.
 
 python -m engine                      run a worker (claims jobs until SIGTERM/Ctrl-C)
 python -m engine rotate-master-key    re-wrap every data key under a new master key
-python -m engine verify IMAGE...      print which AI-generated marks each image carries
+python -m engine verify FILE...       print which AI-generated marks each image or MP4 clip carries
 python -m engine eval PHOTOS_DIR [--holdout K] [--presets a,b] [--runs N] [--steps S]
                                       train on the photos minus K, report the portraits' likeness to the
                                       held-out ones vs the base model (JSON last line; docs/likeness.md)

@@ -59,6 +59,8 @@ SIGNATURE_DESCRIPTION = (
     "own key and deleted together with your model, or at once with /forget. Its numbers are not shown "
     "here on purpose."
 )
+
+RESULT_KINDS = ("portraits", "video")  # deliveries that carry outputs (still images, or one MP4 clip)
 MAX_DELIVERY_ATTEMPTS = 40  # with exponential backoff capped at 1 h: about a day of tries
 
 
@@ -75,10 +77,10 @@ class Delivery:
     id: str
     user_id: str
     job_id: str
-    kind: str  # trained | portraits | failed
+    kind: str  # trained | portraits | video | failed
     chat: dict[str, Any]
     preset: str | None = None
-    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image or MP4)
     error: str | None = None
     scores: list[PortraitScore] = field(default_factory=list)  # one per image, same order
     parts_sent: int = 0  # parts (platform sends) already accepted: a restart skips them
@@ -147,7 +149,8 @@ class Engine:
         self.store = store  # the database connection (tests read it directly)
         self.tables = Tables(store)
         self.vault = vault
-        self.presets = presets
+        video_off = settings.engine.motion_adapter == "off"  # no motion adapter: no video presets offered
+        self.presets = {key: p for key, p in presets.items() if not (video_off and p.video)}
         self.pseudonyms = Pseudonymizer(vault)
         priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate")}
         self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts, priors=priors)
@@ -314,11 +317,14 @@ class Engine:
         return await self._enqueue(user_id, "train", {})
 
     async def request_portraits(self, user_id: str, preset_key: str) -> str:
-        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style)."""
+        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style).
+        A video preset queues one animated clip (job kind `video`) instead of still portraits."""
         if preset_key not in self.presets:
             raise Refused("unknown_style")
         if not await self.has_model(user_id) and not await self.active_training(user_id):
             raise Refused("no_model")
+        if self.presets[preset_key].video:
+            return await self._enqueue(user_id, "video", {"preset": preset_key})
         payload = {"preset": preset_key, "count": self.settings.engine.images_per_request}
         return await self._enqueue(user_id, "generate", payload)
 
@@ -410,6 +416,11 @@ class Engine:
             self.vault.open(user_id, "signature", adapter["id"], adapter["signature"])
         )
 
+    async def record_clip(self, job: Job, preset_key: str, clip: bytes, adapter_id: str) -> bool:
+        """Store the marked MP4 of a video job as the job's one output (sealed, with the outputs'
+        deadline) and finish it with a `video` delivery; False when the job was lost."""
+        return await self.record_portraits(job, preset_key, [clip], adapter_id, delivery_kind="video")
+
     async def record_portraits(
         self,
         job: Job,
@@ -418,10 +429,12 @@ class Engine:
         adapter_id: str,
         scores: list[PortraitScore] | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery_kind: str = "portraits",
     ) -> bool:
         """Store the encoded portraits of a generation job (with their scores, and the job's measurements
         in ``metadata``) and finish it, if this attempt still owns it; the model's lifetime starts again.
-        Returns False (and stores nothing) when the job was lost."""
+        ``delivery_kind`` is "video" for a clip (one output). Returns False (and stores nothing) when the job
+        was lost."""
         user_id = job.user_id
         scores = scores or [PortraitScore(None, None, False)] * len(images)
         if len(scores) != len(images):
@@ -455,7 +468,7 @@ class Engine:
                     await self.queue.set_metadata(job.id, metadata)
                 await self.tables.adapters.touch(adapter_id, now)
                 await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
-                await self._finish(job, "portraits")
+                await self._finish(job, delivery_kind)
         return True
 
     async def record_failure(self, job: Job, reason: str) -> str:
@@ -494,7 +507,7 @@ class Engine:
             images: list[tuple[str, bytes]] = []
             scores: list[PortraitScore] = []
             preset = job.payload.get("preset") if job else None
-            if row["kind"] == "portraits":
+            if row["kind"] in RESULT_KINDS:
                 for output in await self.tables.outputs.scores_of_job(row["job_id"]):
                     data = self._output(row["user_id"], output["id"])
                     if data is not None:
@@ -563,7 +576,7 @@ class Engine:
         message_retention = await self.message_retention(delivery.user_id, platform)
         for message_id in message_ids:
             row_id = await self.tables.messages.add(delivery.user_id, message_id, "result", delivery.job_id)
-            if delivery.kind == "portraits" and message_retention > 0:
+            if delivery.kind in RESULT_KINDS and message_retention > 0:
                 await self.retention.set_deadline(
                     delivery.user_id, "message", row_id, now + message_retention
                 )
@@ -662,9 +675,11 @@ class Engine:
             for photo in summary["photos"]:
                 zipped.writestr(f"photos/{photo['id']}.png", self.vault.get(user_id, "photo", photo["id"]))
             for output in summary["outputs"]:
-                zipped.writestr(
-                    f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
+                data = self.vault.get(user_id, "output", output["id"])
+                name = (
+                    f"videos/{output['id']}.mp4" if data[4:8] == b"ftyp" else f"portraits/{output['id']}.png"
                 )
+                zipped.writestr(name, data)
         await self.tables.audit.add("export")
         files = archive.getvalue() if summary["photos"] or summary["outputs"] else None
         return json.dumps(readable(summary), indent=2, default=str).encode(), files

@@ -61,7 +61,7 @@ class QueuePosition:
 
 # Until durations have been measured, ETAs use priors (seconds): the facade passes ones estimated from the
 # configured model and device (engine.estimates); these are the fallback. Measured values replace them.
-DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0}
+DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0, "video": 180.0}
 
 
 class JobQueue:

@@ -92,6 +92,7 @@ class EngineSettings:
     candidates: int
     min_likeness: int
     adapter_cache: int
+    motion_adapter: str
     lease: Duration
     max_attempts: int
     poll_interval: Duration
@@ -247,6 +248,11 @@ def _validate(settings: Settings) -> None:
         (1 <= engine.candidates <= 8, "LIKENESS_ENGINE_CANDIDATES", "must be 1..8"),
         (0 <= engine.min_likeness <= 100, "LIKENESS_ENGINE_MIN_LIKENESS", "must be 0..100"),
         (engine.adapter_cache >= 1, "LIKENESS_ENGINE_ADAPTER_CACHE", "must be at least 1"),
+        (
+            bool(engine.motion_adapter.strip()),
+            "LIKENESS_ENGINE_MOTION_ADAPTER",
+            "must be auto, off, tiny, an id or a folder",
+        ),
         (engine.max_attempts >= 1, "LIKENESS_ENGINE_MAX_ATTEMPTS", "must be at least 1"),
         (engine.presets_path.is_file(), "LIKENESS_ENGINE_PRESETS", f"no such file: {engine.presets_path}"),
         (
@@ -280,7 +286,7 @@ def _sections(table: dict[str, Any], env: dict[str, str]) -> dict[str, Section]:
     }
 
 
-JOB_KINDS = ("train", "generate")
+JOB_KINDS = ("train", "generate", "video")
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
