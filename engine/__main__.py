@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from engine.errors import VaultError
+from engine.errors import StartupError, VaultError
 from engine.runtime import install_stop_signals, setup_logging
 from engine.settings import Settings, SettingsError, load_settings
 
@@ -21,6 +21,7 @@ log = logging.getLogger("engine")
 
 async def run_worker(settings: Settings) -> None:
     from engine.facade import Engine
+    from engine.runtime import serve_metrics
     from engine.worker import Worker
 
     engine = await Engine.open(settings)
@@ -28,12 +29,15 @@ async def run_worker(settings: Settings) -> None:
     install_stop_signals(stop)
     worker = Worker(engine)
     await engine.run_due_deadlines()
+    metrics = await serve_metrics(engine)
     task = asyncio.create_task(worker.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
     await asyncio.gather(task, return_exceptions=True)
     stopper.cancel()
+    if metrics is not None:
+        await metrics.stop()
     await engine.close()
     log.info("worker stopped")
 
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(__doc__, file=sys.stderr)
             return 2
         asyncio.run(run_worker(settings))
-    except VaultError as error:
+    except (VaultError, StartupError) as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a model that cannot be loaded, etc.: one clear line

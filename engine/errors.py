@@ -14,6 +14,14 @@ Reason = Literal[
     "no_model",  # a style was asked for before any model exists or is being trained
     "unknown_style",  # the preset is not offered (any more)
     "not_yours",  # the job (or message) named belongs to someone else, or does not exist
+    "access",  # not admitted (invite or allowlist mode): detail variant = the mode
+    "invite_invalid",  # the invite code is unknown, used up or expired
+    "blocked",  # an operator blocked this user's new work
+    "paused",  # an operator paused new trainings and style requests
+    "busy",  # the queue is full: detail minutes = a measured estimate of when there is room
+    "quota",  # the user's allowance is used up: detail kind, limit, period, renews (timestamp)
+    "request_pending",  # a style request of this user is still queued or running
+    "flood",  # the user sends faster than flood control allows
 ]
 REASONS: frozenset[str] = frozenset(get_args(Reason))
 

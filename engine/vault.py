@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -301,6 +302,14 @@ class Vault:
             folder.rmdir()
         return removed
 
+    def space_used(self) -> int:
+        """Bytes of encrypted blobs on disk (all users together)."""
+        total = 0
+        for path in self.blob_dir.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                total += path.stat().st_size if path.is_file() else 0
+        return total
+
     def close(self) -> None:
         self.keys.close()
 
@@ -315,3 +324,9 @@ class Pseudonymizer:
     def user(self, platform: str, platform_user_id: str | int) -> str:
         message = f"user:{platform}:{platform_user_id}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def keyed(self, purpose: str, value: str) -> str:
+        """A keyed hash of `value` for one purpose (invite codes, support references): not reversible,
+        and different for each purpose."""
+        message = f"{purpose}:{value}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()

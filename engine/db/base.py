@@ -29,6 +29,7 @@ USER_TABLES = (
     "adapters",
     "photos",
     "consents",
+    "admissions",
     "users",
 )
 
