@@ -73,7 +73,7 @@ class OperatorConsole:
             medians=medians,
             deliveries=o.deliveries_pending,
             overdue=o.deadlines_overdue,
-            blobs=size_text(o.blob_bytes),
+            blobs=size_text(o.blob_bytes) if o.blob_bytes is not None else self.text("not_measured"),
             gpu=size_text(o.gpu_bytes) if o.gpu_bytes is not None else self.text("no_gpu"),
             intake=self.text("intake_paused" if o.paused else "intake_open"),
         )

@@ -31,7 +31,7 @@ from engine.queue import Job, JobQueue, QueuePosition
 from engine.quotas import Allowance, Quotas
 from engine.retention import MessageDeleter, Retention, message_cap
 from engine.settings import Settings, format_duration
-from engine.vault import Pseudonymizer, Vault, load_or_create_master_key
+from engine.vault import Pseudonymizer, Vault, load_or_create_master_key, open_vault
 
 # What callers outside the engine may use of the engine's types: they come from here.
 __all__ = [
@@ -167,8 +167,12 @@ class Engine:
     async def open(cls, settings: Settings, clock: Clock | None = None) -> Engine:
         data_dir = settings.data_dir
         master = load_or_create_master_key(settings.master_key, data_dir)
-        vault = Vault(data_dir, master)
-        store = await open_database(data_dir, clock)
+        vault = open_vault(settings, master)
+        try:
+            store = await open_database(settings, clock)
+        except BaseException:
+            vault.close()
+            raise
         return cls(settings, store, vault, load_presets(settings.engine.presets_path))
 
     async def close(self) -> None:
@@ -721,7 +725,9 @@ class Engine:
         metrics.deliveries_pending.set(await stats.deliveries_pending())
         metrics.deadlines_overdue.set(await stats.deadlines_overdue(self.clock.now()))
         metrics.paused.set(1 if await self.ops.paused() else 0)
-        metrics.blob_bytes.set(await asyncio.to_thread(self.vault.space_used))
+        blob_bytes = await asyncio.to_thread(self.vault.space_used)
+        if blob_bytes is not None:
+            metrics.blob_bytes.set(blob_bytes)
         return metrics.render()
 
     async def store_reachable(self) -> bool:

@@ -31,7 +31,7 @@ class Overview:
     median_seconds: dict[str, float | None]
     deliveries_pending: int
     deadlines_overdue: int
-    blob_bytes: int
+    blob_bytes: int | None  # None: not measured (object storage)
     gpu_bytes: int | None  # None: no GPU in use in this process
     paused: bool
 

@@ -28,12 +28,15 @@ OPERATOR = ("telegram", "900")
 
 
 @pytest.fixture
-async def open_engine(data_dir: Path, fake_clock: FakeClock) -> AsyncIterator[Callable]:
+async def open_engine(
+    data_dir: Path, fake_clock: FakeClock, backend_env: dict[str, str]
+) -> AsyncIterator[Callable]:
+    """Opens engines on each storage backend (SQLite, PostgreSQL)."""
     engines: list[Engine] = []
 
     async def make(**env: str) -> Engine:
         env.setdefault("LIKENESS_ACCESS_OPERATORS", ":".join(OPERATOR))
-        engine = await Engine.open(tiny_settings(data_dir, **env), fake_clock)
+        engine = await Engine.open(tiny_settings(data_dir, **backend_env, **env), fake_clock)
         engines.append(engine)
         return engine
 
@@ -124,12 +127,15 @@ async def test_invite_codes_have_uses_and_an_expiry_and_are_stored_hashed(open_e
         await engine.create_invite(anna)
 
     # The code is never stored, and no row links a code to the users who redeemed it.
+    rows = await engine.store.fetchall("SELECT * FROM invites")
+    assert len(rows) == 1  # the used-up code was forgotten when the next one was made
+    assert all(code not in str(dict(row)) for row in rows for code in (invite.code, later.code))
+    assert {*dict(rows[0])} == {"id", "code_hash", "uses_left", "expires_at", "created_at"}
+    admitted = await engine.store.fetchall("SELECT * FROM admissions")
+    assert sorted(dict(row)["user_id"] for row in admitted) == sorted([anna, ben])
+    assert {*dict(admitted[0])} == {"user_id", "admitted_at"}
     raw = b"".join(path.read_bytes() for path in data_dir.glob("likeness.sqlite3*"))
     assert invite.code.encode() not in raw and later.code.encode() not in raw
-    columns = {row["name"] for row in await engine.store.fetchall("PRAGMA table_info(invites)")}
-    assert columns == {"id", "code_hash", "uses_left", "expires_at", "created_at"}
-    columns = {row["name"] for row in await engine.store.fetchall("PRAGMA table_info(admissions)")}
-    assert columns == {"user_id", "admitted_at"}
 
 
 async def test_known_users_stay_admitted_when_invites_are_switched_on(open_engine):
@@ -339,13 +345,25 @@ async def test_metrics_and_health_over_http_carry_no_personal_values(open_engine
 async def test_health_is_503_when_the_store_is_gone(open_engine):
     engine = await open_engine(LIKENESS_METRICS_ADDRESS="127.0.0.1:0")
     server = await serve_metrics(engine)
+    store = engine.store
+
+    class Gone:
+        """A store whose connection is lost: every statement fails."""
+
+        clock = store.clock
+        sql = store.sql
+
+        async def fetchone(self, *args):
+            raise ConnectionError("the database went away")
+
     try:
-        await engine.store.close()
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{server.port}/healthz") as response,
-        ):
-            assert response.status == 503
+        url = f"http://127.0.0.1:{server.port}/healthz"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as response:
+                assert response.status == 200
+            engine.tables.stats.db = Gone()
+            async with http.get(url) as response:
+                assert response.status == 503
     finally:
+        engine.tables.stats.db = store
         await server.stop()
-        engine.store = await type(engine.store).open(engine.settings.data_dir / "likeness.sqlite3")
