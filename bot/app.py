@@ -82,9 +82,13 @@ class App:
         chat = Chat(target.platform, target.chat["chat_id"], target.chat["user_id"], True)
         return await self.conversation.messengers[target.platform].delete(chat, target.message_id)
 
+    def connected(self) -> bool:
+        """Every front-end is connected (a front-end without a `connected` property always is)."""
+        return all(getattr(frontend, "connected", True) for frontend in self.frontends)
+
     async def start(self) -> None:
         """Overdue deletions first, then the front-ends, the loops and the worker."""
-        await self.background.start(self.delete_message, self.stop_event)
+        await self.background.start(self.delete_message, self.stop_event, self.connected)
         for frontend in self.frontends:
             try:
                 await frontend.start()
