@@ -8,6 +8,12 @@ face checks have their own tests; the end-to-end tests upload real photos).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from engine.errors import Refused
 from engine.facade import Engine, Verdict
 from engine.runtime import serve_metrics
 from engine.settings import SettingsError
-from tests.tiny_settings import tiny_settings
+from tests.tiny_settings import TINY_ENV, tiny_settings
 
 DAY = 86400.0
 OPERATOR = ("telegram", "900")
@@ -367,3 +373,36 @@ async def test_health_is_503_when_the_store_is_gone(open_engine):
     finally:
         engine.tables.stats.db = store
         await server.stop()
+
+
+async def test_a_standalone_worker_serves_metrics_too(data_dir):
+    """`python -m engine` with LIKENESS_METRICS_ADDRESS: /healthz and /metrics over real HTTP."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")},
+        **TINY_ENV,
+        "LIKENESS_DATA_DIR": str(data_dir),
+        "LIKENESS_METRICS_ADDRESS": f"127.0.0.1:{port}",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(120):
+            while True:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        if response.status == 200:
+                            break
+                assert worker.returncode is None, (await worker.stderr.read()).decode()[-2000:]
+                await asyncio.sleep(0.2)
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+        names = {family.name for family in text_string_to_metric_families(text)}
+        assert {"likeness_queue_depth", "likeness_deadlines_overdue", "likeness_jobs"} <= names
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), 120)
