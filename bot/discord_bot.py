@@ -6,6 +6,7 @@ does not even receive server messages). Buttons carry the conversation's own dat
 handled statelessly in `on_interaction`, so they keep working after a restart; the conversation authorises
 every press. Slash commands are synced only when their payload changed (a hash in the data dir), so restarts
 do not spend Discord's daily command-update limit. discord.py retries 429s and 5xx answers itself.
+The `[discord]` settings are read here (`DiscordSettings`); `bot.platforms` lists this module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from bot.events import (
     TextMessage,
 )
 from bot.flow import COMMANDS, Conversation
-from engine.settings import DiscordSettings
+from engine.settings import Url
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,22 @@ MAX_LABEL = 80
 DMS_CLOSED = 50007  # "Cannot send messages to this user"
 SYNC_FILE = "discord-commands.sha"
 CONNECT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    """The `[discord]` section (LIKENESS_DISCORD_*); config/default.toml documents each key."""
+
+    token: str
+    api_url: Url
+
+
+SETTINGS = DiscordSettings
+
+
+def frontend(settings: DiscordSettings, conversation: Conversation) -> DiscordFrontend | None:
+    """The Discord front-end, or None when no token is set."""
+    return DiscordFrontend(settings, conversation) if settings.token else None
 
 
 def default_intents() -> discord.Intents:
@@ -120,9 +139,11 @@ class DiscordMessenger:
     """The Messenger the conversation talks to, for Discord. `chat.chat_id` is a channel id (a DM)."""
 
     platform = "discord"
+    message_lifetime = math.inf  # a bot may delete its own DM messages at any age
 
-    def __init__(self, client: discord.Client):
+    def __init__(self, client: discord.Client, texts: dict[str, str]):
         self.client = client
+        self.texts = texts  # config/texts.toml's [discord]
 
     def channel(self, chat: Chat) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(int(chat.chat_id))
@@ -177,6 +198,10 @@ class DiscordMessenger:
         if text and isinstance(interaction, discord.Interaction):
             await interaction.followup.send(text, ephemeral=True)
 
+    def explain(self, error: Exception) -> str | None:
+        """Closed DMs: how to open them (the bot handles photos only there)."""
+        return self.texts["dms_closed"] if is_dms_closed(error) else None
+
 
 def in_bot_dm(interaction: discord.Interaction) -> bool:
     """The interaction happened in the user's DM with the bot (not a server, not a group DM)."""
@@ -187,6 +212,21 @@ def in_bot_dm(interaction: discord.Interaction) -> bool:
 
 def dm_chat(channel_id: int, user_id: int) -> Chat:
     return Chat("discord", str(channel_id), str(user_id), True)
+
+
+async def by_dm_user(interaction: discord.Interaction) -> bool:
+    """The interaction's user is the user of the DM it happened in (not someone pressing in another's DM).
+
+    The DM's recipient comes with the interaction where Discord sends it; otherwise the presser's own DM
+    channel with the bot (cached by discord.py) must be this channel.
+    """
+    recipient = getattr(interaction.channel, "recipient", None)
+    if recipient is not None:
+        return recipient.id == interaction.user.id
+    try:
+        return (await interaction.user.create_dm()).id == interaction.channel_id
+    except discord.HTTPException:
+        return False  # cannot tell: treat the press as someone else's
 
 
 def incoming(attachment: discord.Attachment) -> IncomingPhoto:
@@ -232,11 +272,11 @@ class DiscordFrontend:
         configure_api_root(settings.api_url)
         self.token = settings.token
         self.conversation = conversation
+        self.dispatch = conversation.dispatch
         self.client = LikenessClient(
             self, intents or default_intents(), guild_ready_timeout=guild_ready_timeout
         )
-        self.messenger = DiscordMessenger(self.client)
-        conversation.add_messenger(self.messenger)
+        self.messenger = DiscordMessenger(self.client, self.texts)
         self.sync_file: Path = conversation.engine.settings.data_dir / SYNC_FILE
         for name, description in COMMANDS.items():
             self.client.tree.add_command(self._slash_command(name, description))
@@ -277,16 +317,20 @@ class DiscordFrontend:
     async def on_command(self, interaction: discord.Interaction, name: str, args: str = "") -> None:
         """Acknowledge at once (privately), then run the command in the user's DM."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        in_dm = in_bot_dm(interaction)
+
+        async def answer(text: str) -> None:  # the private answer to the command, e.g. an apology
+            await interaction.edit_original_response(content=text)
+
+        # In the user's own DM with the bot, answer there; anywhere else, continue in that DM.
+        in_dm = in_bot_dm(interaction) and await by_dm_user(interaction)
         try:
             channel_id = interaction.channel_id if in_dm else (await interaction.user.create_dm()).id
-            await self.conversation.handle(Command(dm_chat(channel_id, interaction.user.id), name, args))
-        except Exception as error:
-            if is_dms_closed(error):
-                await interaction.edit_original_response(content=self.texts["dms_closed"])
-            else:
-                log.exception("a discord command failed")
-                await interaction.edit_original_response(content=self.conversation.t("internal_error"))
+        except discord.HTTPException:
+            log.warning("a discord DM channel could not be opened")
+            await answer(self.conversation.t("internal_error"))
+            return
+        chat = dm_chat(channel_id, interaction.user.id)
+        if not await self.dispatch(Command(chat, name, args), apologise=answer):
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
@@ -298,11 +342,13 @@ class DiscordFrontend:
         """Any button, from any message and any time: its custom_id is the conversation's (untrusted) data."""
         await interaction.response.defer()
         data = (interaction.data or {}).get("custom_id", "")
+        private = in_bot_dm(interaction)
         chat = Chat(
             "discord",
             str(interaction.channel_id),
             str(interaction.user.id),
-            in_bot_dm(interaction),
+            private,
+            by_chat_user=not private or await by_dm_user(interaction),
         )
         message_id = str(interaction.message.id) if interaction.message else None
         await self.dispatch(ButtonPress(chat, str(data), message_id, interaction=interaction))
@@ -322,14 +368,6 @@ class DiscordFrontend:
             await self.dispatch(Command(chat, name.lower(), args.strip()))
         elif private:
             await self.dispatch(TextMessage(chat, message.content))
-
-    async def dispatch(self, event: Event) -> None:
-        try:
-            await self.conversation.handle(event)
-        except Exception:
-            log.exception("a discord %s failed", type(event).__name__)
-            with contextlib.suppress(Exception):
-                await self.messenger.send(event.chat, Reply(self.conversation.t("internal_error")))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     @property

@@ -1,20 +1,23 @@
 """User-facing texts from `config/texts.toml`, and the privacy policy rendered from the settings.
 
 The retention schedule the user reads (consent text, /privacy, /status) is generated here from the same
-settings the code enforces, so the two cannot disagree. The policy version is a hash of the rendered
-policy: change the text or a retention setting and every user is asked to consent again.
+settings the code enforces, so the two cannot disagree; on a platform that limits how long a bot may
+delete its messages (`Messenger.message_lifetime`), the schedule says the shorter time. The policy version
+is a hash of the rendered policy: change the text or a retention setting and every user is asked to
+consent again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from engine.errors import Refused
-from engine.facade import Rejected, message_cap
+from engine.facade import Rejected
 from engine.settings import CONFIG_DIR, Settings, format_duration
 
 TEXTS_FILE = CONFIG_DIR / "texts.toml"
@@ -24,6 +27,7 @@ class Texts:
     def __init__(self, settings: Settings, path: Path = TEXTS_FILE):
         self.settings = settings
         self.data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        self.message_caps: dict[str, float] = {}  # platform -> seconds its messages can be deleted
         self.policy_version = hashlib.sha256(
             self.policy_summary().encode() + self._full_raw().encode()
         ).hexdigest()[:16]
@@ -31,6 +35,10 @@ class Texts:
     def __call__(self, key: str, **values: Any) -> str:
         """A message from [messages], formatted with `values`."""
         return self.data["messages"][key].format(**values)
+
+    def cap_messages(self, platform: str, seconds: float) -> None:
+        """`platform` lets a bot delete its messages only for `seconds` (math.inf: no limit)."""
+        self.message_caps[platform] = seconds
 
     def button(self, key: str) -> str:
         return self.data["buttons"][key]
@@ -46,7 +54,7 @@ class Texts:
             policy["schedule_outputs"].format(outputs=format_duration(retention.outputs)),
         ]
         if retention.messages > 0:
-            seconds = min(retention.messages, message_cap(platform or ""))
+            seconds = min(retention.messages, self.message_caps.get(platform or "", math.inf))
             lines.append(policy["schedule_messages_on"].format(messages=format_duration(seconds)))
         else:
             lines.append(policy["schedule_messages_off"])

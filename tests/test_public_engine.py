@@ -290,7 +290,7 @@ async def test_flood_control_answers_once_then_ignores_until_refilled(open_engin
 # -- metrics --------------------------------------------------------------------------------------------
 async def test_metrics_and_health_over_http_carry_no_personal_values(open_engine):
     engine = await open_engine(LIKENESS_METRICS_ADDRESS="127.0.0.1:0", LIKENESS_QUOTA_TRAININGS="1")
-    user = await onboard(engine, "4242")
+    user = await onboard(engine, "7310004242")
     await engine.start_training(user)
     await finish_next(engine)
     await refused("quota", engine.start_training(user))
@@ -298,7 +298,7 @@ async def test_metrics_and_health_over_http_carry_no_personal_values(open_engine
     for _ in range(11):
         engine.admit_update(user)
     assert engine.check_size(10**9) is not None
-    await engine.forget(await onboard(engine, "4343"))
+    await engine.forget(await onboard(engine, "7310004343"))
     connected = {"ok": True}
     server = await serve_metrics(engine, lambda: connected["ok"])
     assert server is not None
@@ -344,7 +344,7 @@ async def test_metrics_and_health_over_http_carry_no_personal_values(open_engine
     assert samples[("likeness_deletions_total", (("artifact", "user"),))] == 1
     assert samples[("likeness_deletions_total", (("artifact", "photo"),))] == 3
     assert samples[("likeness_queue_depth", (("kind", "train"),))] == 0
-    for personal in ("4242", "4343", user, engine.support_reference(user)):
+    for personal in ("7310004242", "7310004343", user, engine.support_reference(user)):
         assert personal not in text
 
 

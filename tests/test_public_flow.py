@@ -32,7 +32,7 @@ from tests.tiny_settings import tiny_settings
 pytestmark = pytest.mark.timeout(300)
 
 DAY = 86400.0
-OPERATOR, ANNA, BEN, CLEO = 500, 501, 502, 503
+OPERATOR, ANNA, BEN, CLEO = 7310000500, 7310000501, 7310000502, 7310000503  # realistic ids
 
 
 @contextlib.asynccontextmanager
@@ -304,7 +304,7 @@ async def test_allowlist_and_operator_on_the_console(tmp_path: Path) -> None:
         )
         try:
             for line in lines:
-                await app.conversation.handle(console.parse(line))
+                await app.conversation.dispatch(console.parse(line))
         finally:
             await app.engine.close()
         return list(printed)
