@@ -276,7 +276,7 @@ async def test_the_overview_is_numbers_only(open_engine):
 
 # -- flood control --------------------------------------------------------------------------------------
 async def test_flood_control_answers_once_then_ignores_until_refilled(open_engine, fake_clock):
-    engine = await open_engine()  # 20 per minute, burst 10
+    engine = await open_engine(LIKENESS_ACCESS_FLOOD_PER_MINUTE="20", LIKENESS_ACCESS_FLOOD_BURST="10")
     flooder, other = engine.pseudonym("telegram", "1"), engine.pseudonym("telegram", "2")
     verdicts = [engine.admit_update(flooder) for _ in range(14)]
     assert verdicts == [Verdict.OK] * 10 + [Verdict.WARN] + [Verdict.DROP] * 3
@@ -289,7 +289,9 @@ async def test_flood_control_answers_once_then_ignores_until_refilled(open_engin
 
 # -- metrics --------------------------------------------------------------------------------------------
 async def test_metrics_and_health_over_http_carry_no_personal_values(open_engine):
-    engine = await open_engine(LIKENESS_METRICS_ADDRESS="127.0.0.1:0", LIKENESS_QUOTA_TRAININGS="1")
+    engine = await open_engine(
+        LIKENESS_METRICS_ADDRESS="127.0.0.1:0", LIKENESS_QUOTA_TRAININGS="1", LIKENESS_ACCESS_FLOOD_BURST="10"
+    )
     user = await onboard(engine, "7310004242")
     await engine.start_training(user)
     await finish_next(engine)

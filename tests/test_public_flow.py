@@ -142,7 +142,8 @@ async def test_invites_operator_console_and_metrics_on_telegram(tmp_path: Path) 
 # -- Telegram: flood control ----------------------------------------------------------------------------
 async def test_a_flood_from_one_user_is_answered_once_while_another_is_served(tmp_path: Path) -> None:
     clock = FakeClock()
-    async with telegram_app(tmp_path, clock) as (fake, app):
+    flood = {"LIKENESS_ACCESS_FLOOD_PER_MINUTE": "20", "LIKENESS_ACCESS_FLOOD_BURST": "10"}  # the defaults
+    async with telegram_app(tmp_path, clock, **flood) as (fake, app):
         flooder, other = fake.user(ANNA), fake.user(BEN)
         for _ in range(12):
             await flooder.send_text("/help")
