@@ -38,6 +38,7 @@ class ConsoleFrontend:
 
     platform = "console"
     message_lifetime = math.inf
+    connected = True  # the terminal is always there
 
     def __init__(self, out_dir: Path, write: Callable[[str], None] | None = None):
         self.out_dir = out_dir

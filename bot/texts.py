@@ -96,8 +96,13 @@ class Texts:
         return self.data["policy"]["attestation"]
 
     def refusal(self, refused: Refused) -> str:
-        """The text for an engine refusal: [refusals] has one entry per reason."""
-        return self.data["refusals"][refused.reason].format(**refused.detail)
+        """The text for an engine refusal: [refusals] has one entry per reason, or one per variant
+        (`<reason>_<variant>`) when the refusal names a variant."""
+        refusals = self.data["refusals"]
+        key = refused.reason
+        if f"{key}_{refused.detail.get('variant')}" in refusals:
+            key = f"{key}_{refused.detail['variant']}"
+        return refusals[key].format(contact=self.settings.operator_contact, **refused.detail)
 
     def rejection(self, rejected: Rejected) -> tuple[str, str]:
         """(reason, tip) for an intake rejection."""

@@ -24,6 +24,7 @@ log = logging.getLogger("engine")
 
 async def run_worker(settings: Settings) -> None:
     from engine.facade import Engine
+    from engine.runtime import serve_metrics
     from engine.worker import Worker
 
     engine = await Engine.open(settings)
@@ -31,12 +32,15 @@ async def run_worker(settings: Settings) -> None:
     install_stop_signals(stop)
     worker = Worker(engine)
     await engine.run_due_deadlines()
+    metrics = await serve_metrics(engine)
     task = asyncio.create_task(worker.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
     [outcome] = await asyncio.gather(task, return_exceptions=True)
     stopper.cancel()
+    if metrics is not None:
+        await metrics.stop()
     await engine.close()
     if isinstance(outcome, BaseException):  # e.g. the model could not be loaded: main() says why
         raise outcome
