@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -209,11 +210,11 @@ async def test_a_full_queue_refuses_new_work_with_a_measured_estimate(open_engin
     engine = await open_engine(LIKENESS_ENGINE_MAX_QUEUED="2")
     users = [await onboard(engine, str(n)) for n in range(4)]
     await engine.start_training(users[0])
-    await engine.queue.claim("w")  # running: a training takes 600 s until measured
+    await engine.queue.claim("w")  # running: until measured, a training takes the estimated prior
     await engine.start_training(users[1])
     await engine.start_training(users[2])
     refusal = await refused("busy", engine.start_training(users[3]))
-    assert refusal.detail == {"minutes": 10}
+    assert refusal.detail == {"minutes": max(1, math.ceil(engine.queue.priors["train"] / 60))}
 
     # Measured durations replace the default: 20 trainings of 2 minutes.
     for _ in range(20):
