@@ -112,10 +112,10 @@ async def test_forget_after_the_whole_flow_leaves_nothing(bot):
         "portraits: 0",
         "jobs: 2",
         "consent records: 1",
-        "chat messages: 5",
+        "chat messages: 6",
     ):
         assert f"• {line}" in receipt
-    assert len(bot.recorder.deleted) == 5  # 2 progress, "model ready", 2 portraits
+    assert len(bot.recorder.deleted) == 6  # 2 progress, "model ready", 2 portraits, "another style"
     await assert_gone(bot, alice, needles)
     local = not bot.app.settings.database_url  # PostgreSQL: no database or key file in the data dir
     if local:
@@ -189,7 +189,7 @@ async def test_forget_after_everything_expired_and_twice_in_a_row(bot):
     await bot.full_flow(alice)
     bot.clock.advance(8 * 24 * HOUR)
     counts = await bot.engine.retention.run_due(bot.app.delete_message)
-    assert counts["adapter"] == 1 and counts["message"] == 2
+    assert counts["adapter"] == 1 and counts["message"] == 3  # 2 portraits and the "another style" part
     assert bot.blob_files(alice) == set()
 
     first = await forget(bot, alice)

@@ -157,8 +157,14 @@ async def test_delivered_messages_are_deleted_at_the_telegram_cap(bot):
     with_deadline = await bot.engine.store.fetchall(
         "SELECT m.message_id FROM sent_messages m JOIN deadlines d ON d.kind='message' AND d.ref_id=m.id"
     )
-    portrait_messages = {i for sent in bot.recorder.sent if sent.reply.images for i in sent.ids}
-    assert {row["message_id"] for row in with_deadline} == portrait_messages and len(portrait_messages) == 4
+    # each result delivery: its portraits, then the "another style" part
+    portrait_messages = {
+        i
+        for sent in bot.recorder.sent
+        if sent.reply.images or any(b.data == "styles" for row in sent.reply.buttons for b in row)
+        for i in sent.ids
+    }
+    assert {row["message_id"] for row in with_deadline} == portrait_messages and len(portrait_messages) == 6
     sent_at = bot.clock.now()
     assert await bot.deadline(alice, "message") == sent_at + 47 * HOUR  # 72h asked, Telegram allows 48h
 
@@ -166,7 +172,7 @@ async def test_delivered_messages_are_deleted_at_the_telegram_cap(bot):
     assert "message" not in await run_due(bot)
     assert bot.recorder.deleted == []
     bot.clock.advance(1)
-    assert (await run_due(bot))["message"] == 4
+    assert (await run_due(bot))["message"] == 6
     assert set(bot.recorder.deleted) == portrait_messages
     assert await bot.count("sent_messages", alice, "kind='result'") == 1  # "model ready": no deadline
     assert await bot.count("sent_messages", alice, "kind='progress'") == 2
