@@ -23,9 +23,10 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
     if delivery.kind == "trained":
         return [Reply(t("trained"), buttons=conversation.style_buttons())]
     if delivery.kind == "failed":
-        return [Reply(t("job_failed", reason=delivery.error or "unknown error"))]
+        return [Reply(t("job_failed", reason=delivery.error or t("unknown_error")))]
     preset = engine.presets.get(delivery.preset or "")
-    caption = t("results_caption", label=preset.label if preset else "Portrait")
+    label = t.style_label(delivery.preset or "", preset.label) if preset else t("portrait")
+    caption = t("results_caption", label=label)
     names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
     images = tuple(data for _, data in delivery.images)
     settings = engine.settings

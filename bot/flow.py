@@ -13,10 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from bot.events import Button, ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
-from bot.texts import Texts, eta_text, progress_bar, utc
+from bot.texts import Texts, progress_bar
 from engine.errors import Refused
 from engine.facade import Accepted, Engine, Rejected
-from engine.settings import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ class Conversation:
         upload = self.engine.settings.upload
         lines = [*lines, self.t("photo_count", count=count, min_photos=upload.min_photos)]
         if count < upload.min_photos:
-            lines.append(self.t("photo_need_more", missing=upload.min_photos - count))
+            lines.append(self.t("photo_need_more", count=upload.min_photos - count))
             return Reply("\n".join(lines))
         key = "photo_full" if count >= upload.max_photos else "photo_enough"
         lines.append(self.t(key, max_photos=upload.max_photos))
@@ -192,7 +191,10 @@ class Conversation:
         await self.show_progress(chat, user_id, job_id, self.t("train_queued", position=position), event)
 
     def style_buttons(self) -> tuple[tuple[Button, ...], ...]:
-        buttons = [Button(preset.label, f"style:{key}") for key, preset in self.engine.presets.items()]
+        buttons = [
+            Button(self.t.style_label(key, preset.label), f"style:{key}")
+            for key, preset in self.engine.presets.items()
+        ]
         return tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
 
     async def styles(self, event: Command, user_id: str) -> None:
@@ -216,7 +218,7 @@ class Conversation:
         position = await self.position_text(user_id, job_id)
         text = self.t(
             "style_queued",
-            label=preset.label,
+            label=self.t.style_label(key, preset.label),
             count=self.engine.settings.engine.images_per_request,
             position=position,
         )
@@ -227,8 +229,8 @@ class Conversation:
         if position is None:
             return ""
         if position.ahead == 0:
-            return self.t("queue_position_now", eta=eta_text(position.eta_seconds))
-        return self.t("queue_position", ahead=position.ahead, eta=eta_text(position.eta_seconds))
+            return self.t("queue_position_now", eta=self.t.eta(position.eta_seconds))
+        return self.t("queue_position", count=position.ahead, eta=self.t.eta(position.eta_seconds))
 
     async def show_progress(
         self, chat: Chat, user_id: str, job_id: str, text: str, event: Event | None = None
@@ -241,7 +243,7 @@ class Conversation:
     def progress_text(self, stage: str, fraction: float) -> str:
         return self.t(
             "progress",
-            stage=stage.capitalize() or "Working",
+            stage=self.t.stage(stage),
             bar=progress_bar(fraction),
             percent=round(fraction * 100),
         )
@@ -286,28 +288,34 @@ class Conversation:
         status = await self.engine.status(user_id, event.chat.platform, self.t.policy_version)
         none = self.t("status_none")
 
-        def stored(count: int, label: str, deadline: float | None) -> str:
+        def stored(count: int, key: str, deadline: float | None) -> str:
             if not count:
                 return none
-            what = f"{count} {label}"
-            return self.t("status_deleted_at", what=what, when=utc(deadline)) if deadline else what
+            what = self.t(key, count=count)
+            return self.t("status_deleted_at", what=what, when=self.t.when(deadline)) if deadline else what
 
         jobs = ", ".join(
-            f"{job.kind} ({job.state}, {round(job.progress * 100)}%, ~{eta_text(pos.eta_seconds)})"
+            self.t(
+                "status_job",
+                kind=self.t.job_word(job.kind),
+                state=self.t.job_word(job.state),
+                percent=round(job.progress * 100),
+                eta=self.t.eta(pos.eta_seconds),
+            )
             for job, pos in status.jobs
         )
         consent = await self.engine.consent(user_id)
         messages = (
-            self.t("messages_deleted_after", duration=format_duration(status.message_retention))
+            self.t("messages_deleted_after", duration=self.t.duration(status.message_retention))
             if status.message_retention
             else self.t("messages_kept")
         )
         text = self.t(
             "status",
-            consent=f"given {utc(consent['given_at'])} UTC" if consent else none,
-            photos=stored(status.photos, "photo(s)", status.photo_deadline),
-            model=stored(1 if status.has_model else 0, "model", status.model_deadline),
-            outputs=stored(status.outputs, "portrait(s)", status.output_deadline),
+            consent=self.t("status_consent", when=self.t.when(consent["given_at"])) if consent else none,
+            photos=stored(status.photos, "status_photos", status.photo_deadline),
+            model=stored(1 if status.has_model else 0, "status_models", status.model_deadline),
+            outputs=stored(status.outputs, "status_outputs", status.output_deadline),
             jobs=jobs or none,
             messages=messages,
         )
@@ -334,9 +342,9 @@ class Conversation:
         choices = [key for key, seconds in MODEL_CHOICES.items() if seconds <= cap] + list(MESSAGE_CHOICES)
         text = self.t(
             "settings",
-            model=format_duration(model),
-            model_cap=format_duration(cap),
-            messages=self.t("messages_deleted_after", duration=format_duration(messages))
+            model=self.t.duration(model),
+            model_cap=self.t.duration(cap),
+            messages=self.t("messages_deleted_after", duration=self.t.duration(messages))
             if messages
             else self.t("messages_kept"),
         )
@@ -387,11 +395,19 @@ class Conversation:
                 log.warning("deleting a delivered message failed")
         receipt = await self.engine.forget(user_id)
         counts = {**receipt.counts, "chat messages": deleted}
-        lines = "\n".join(f"• {name}: {count}" for name, count in counts.items())
+        lines = "\n".join(
+            self.t("receipt_line", what=self.t.receipt_label(name), count=count)
+            for name, count in counts.items()
+        )
         await self.say(
             chat,
             Reply(
-                self.t("forget_receipt", receipt_id=receipt.receipt_id, when=utc(receipt.at), counts=lines)
+                self.t(
+                    "forget_receipt",
+                    receipt_id=receipt.receipt_id,
+                    when=self.t.when(receipt.at),
+                    counts=lines,
+                )
             ),
         )
 
