@@ -68,6 +68,12 @@ async def deliver_pending(conversation: Conversation, platform: str) -> int:
 
 
 async def deliver(conversation: Conversation, platform: str, delivery: Delivery) -> None:
+    """Send one delivery in the user's language and record it."""
+    with conversation.t.using(await conversation.stored_language(delivery.user_id)):
+        await _deliver(conversation, platform, delivery)
+
+
+async def _deliver(conversation: Conversation, platform: str, delivery: Delivery) -> None:
     engine = conversation.engine
     messenger = conversation.messengers[platform]
     chat = Chat(platform, delivery.chat["chat_id"], delivery.chat["user_id"], True)

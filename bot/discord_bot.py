@@ -36,6 +36,7 @@ from bot.events import (
     TextMessage,
 )
 from bot.flow import COMMANDS, Conversation
+from bot.texts import DEFAULT_LANGUAGE, Texts
 from engine.settings import DiscordSettings
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,33 @@ def in_bot_dm(interaction: discord.Interaction) -> bool:
     return interaction.guild_id is None and isinstance(interaction.channel, discord.DMChannel)
 
 
-def dm_chat(channel_id: int, user_id: int) -> Chat:
-    return Chat("discord", str(channel_id), str(user_id), True)
+def dm_chat(channel_id: int, user_id: int, language: str = "") -> Chat:
+    return Chat("discord", str(channel_id), str(user_id), True, language)
+
+
+def locale_of(interaction: discord.Interaction) -> str:
+    """The user's Discord client language ('es-ES', 'de'); '' if the interaction has none."""
+    return str(getattr(interaction.locale, "value", interaction.locale or ""))
+
+
+class DescriptionTranslator(app_commands.Translator):
+    """Command descriptions in every language Discord offers that we have texts for; names stay English."""
+
+    def __init__(self, texts: Texts):
+        self.texts = texts
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContext,
+    ) -> str | None:
+        if context.location is not app_commands.TranslationContextLocation.command_description:
+            return None
+        code = self.texts.resolve(locale.value)
+        if code == DEFAULT_LANGUAGE:
+            return None
+        return self.texts[code].command(string.extras["command"])
 
 
 def incoming(attachment: discord.Attachment) -> IncomingPhoto:
@@ -204,6 +230,7 @@ class LikenessClient(ApiGatewayMixin, discord.Client):
         self.connected = asyncio.Event()
 
     async def setup_hook(self) -> None:
+        await self.tree.set_translator(DescriptionTranslator(self.frontend.conversation.t))
         await self.frontend.sync_commands()
 
     async def on_connect(self) -> None:
@@ -238,26 +265,32 @@ class DiscordFrontend:
         self.messenger = DiscordMessenger(self.client)
         conversation.add_messenger(self.messenger)
         self.sync_file: Path = conversation.engine.settings.data_dir / SYNC_FILE
-        for name, description in COMMANDS.items():
-            self.client.tree.add_command(self._slash_command(name, description))
+        for name in COMMANDS:
+            self.client.tree.add_command(self._slash_command(name))
         self._task: asyncio.Task | None = None
 
-    @property
-    def texts(self) -> dict[str, str]:
-        return self.conversation.t.data["discord"]
-
     # -- slash commands ----------------------------------------------------------------------------------
-    def _slash_command(self, name: str, description: str) -> app_commands.Command:
+    def _slash_command(self, name: str) -> app_commands.Command:
         async def callback(interaction: discord.Interaction) -> None:
             await self.on_command(interaction, name)
 
+        english = self.conversation.t.default.command(name)
+        description = app_commands.locale_str(english, command=name)  # localised by DescriptionTranslator
         command = app_commands.Command(name=name, description=description, callback=callback)
         command = app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)(command)
         return app_commands.allowed_installs(guilds=True, users=True)(command)
 
     def commands_hash(self) -> str:
+        """Of the commands and their descriptions in every language: a changed translation syncs again."""
         payload = [command.to_dict(self.client.tree) for command in self.client.tree.get_commands()]
-        blob = json.dumps({"application": self.client.application_id, "commands": payload}, sort_keys=True)
+        descriptions = {
+            code: [language.command(name) for name in COMMANDS]
+            for code, language in self.conversation.t.languages.items()
+        }
+        blob = json.dumps(
+            {"application": self.client.application_id, "commands": payload, "descriptions": descriptions},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     async def sync_commands(self) -> None:
@@ -273,20 +306,26 @@ class DiscordFrontend:
         """Acknowledge at once (privately), then run the command in the user's DM."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         in_dm = in_bot_dm(interaction)
+        here = Chat(
+            "discord", str(interaction.channel_id), str(interaction.user.id), in_dm, locale_of(interaction)
+        )
+        texts = self.conversation.t[await self.conversation.language_for(here)]
         try:
             channel_id = interaction.channel_id if in_dm else (await interaction.user.create_dm()).id
-            await self.conversation.handle(Command(dm_chat(channel_id, interaction.user.id), name))
+            chat = dm_chat(channel_id, interaction.user.id, locale_of(interaction))
+            await self.conversation.handle(Command(chat, name))
         except Exception as error:
             if is_dms_closed(error):
-                await interaction.edit_original_response(content=self.texts["dms_closed"])
+                await interaction.edit_original_response(content=texts.discord("dms_closed"))
             else:
                 log.exception("a discord command failed")
-                await interaction.edit_original_response(content=self.conversation.t("internal_error"))
+                await interaction.edit_original_response(content=texts("internal_error"))
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
         else:
-            await interaction.edit_original_response(content=self.texts["continue_in_dm"])
+            texts = self.conversation.t[await self.conversation.language_for(here)]  # after a /language
+            await interaction.edit_original_response(content=texts.discord("continue_in_dm"))
 
     # -- buttons -----------------------------------------------------------------------------------------
     async def on_press(self, interaction: discord.Interaction) -> None:
@@ -298,6 +337,7 @@ class DiscordFrontend:
             str(interaction.channel_id),
             str(interaction.user.id),
             in_bot_dm(interaction),
+            locale_of(interaction),
         )
         message_id = str(interaction.message.id) if interaction.message else None
         await self.dispatch(ButtonPress(chat, str(data), message_id, interaction=interaction))
@@ -321,7 +361,8 @@ class DiscordFrontend:
         except Exception:
             log.exception("a discord %s failed", type(event).__name__)
             with contextlib.suppress(Exception):
-                await self.messenger.send(event.chat, Reply(self.conversation.t("internal_error")))
+                texts = self.conversation.t[await self.conversation.language_for(event.chat)]
+                await self.messenger.send(event.chat, Reply(texts("internal_error")))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -17,13 +17,14 @@ class Chat:
     """Where an event happened and where answers go.
 
     `chat_id` is the platform's id of the conversation (a Telegram chat id, a Discord channel id) and
-    `user_id` the platform's id of the person. Both are personal data: never log them.
+    `user_id` the platform's id of the person. Both are personal data: never log them (nor `language`).
     """
 
     platform: str  # "telegram" | "discord" | "console"
     chat_id: str
     user_id: str
     private: bool
+    language: str = ""  # the language the platform reports for the user ('es', 'pt-BR'); '' if none
 
 
 @dataclass(frozen=True)

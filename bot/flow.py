@@ -19,18 +19,20 @@ from engine.facade import Accepted, Engine, Rejected
 
 log = logging.getLogger(__name__)
 
-COMMANDS = {
-    "start": "What this bot does and how your data is handled",
-    "train": "Train your personal model",
-    "styles": "Choose a portrait style",
-    "status": "What is stored and when it is deleted",
-    "settings": "How long things are kept",
-    "mydata": "Get a copy of your data",
-    "forget": "Delete everything and withdraw consent",
-    "cancel": "Stop what is running",
-    "privacy": "The full privacy policy",
-    "help": "List the commands",
-}
+# The command menu, in this order; each description is `[commands] <name>` in the user's language.
+COMMANDS = (
+    "start",
+    "train",
+    "styles",
+    "status",
+    "settings",
+    "mydata",
+    "forget",
+    "cancel",
+    "privacy",
+    "language",
+    "help",
+)
 
 MODEL_CHOICES = {"model_now": 3600.0, "model_day": 86400.0, "model_week": 7 * 86400.0}
 MESSAGE_CHOICES = {"messages_off": 0.0, "messages_day": 86400.0}
@@ -53,6 +55,7 @@ class Conversation:
             "forget": self.forget,
             "withdraw": self.forget,
             "cancel": self.cancel,
+            "language": self.language,
         }
 
     def add_messenger(self, messenger: Messenger) -> None:
@@ -60,9 +63,13 @@ class Conversation:
 
     # -- dispatch ----------------------------------------------------------------------------------------
     async def handle(self, event: Event) -> None:
-        """Answer one event. Errors propagate: the adapter logs them and tells the user."""
+        """Answer one event in the user's language. Errors propagate: the adapter logs them and tells the user."""
+        user_id = self.engine.pseudonym(event.chat.platform, event.chat.user_id)
+        with self.t.using(await self.language_of(event.chat, user_id)):
+            await self._handle(event, user_id)
+
+    async def _handle(self, event: Event, user_id: str) -> None:
         chat = event.chat
-        user_id = self.engine.pseudonym(chat.platform, chat.user_id)
         if isinstance(event, Command):
             handler = self._handlers.get(event.name)
             if handler is None:
@@ -77,6 +84,42 @@ class Conversation:
             await self.photos(event, user_id)
         elif isinstance(event, TextMessage) and chat.private:
             await self.say(chat, Reply(self.t("text_hint")))
+
+    # -- language ----------------------------------------------------------------------------------------
+    async def language_of(self, chat: Chat, user_id: str) -> str:
+        """The user's /language choice, else the language their platform reports, else English.
+
+        The reported language is remembered for a known user, so messages sent without an event (portraits,
+        progress) and Discord DMs (which carry no locale) speak it too."""
+        preference = await self.engine.language_preference(user_id)
+        reported = self.t.resolve(chat.language) if chat.language else None
+        if reported and preference.known and reported != preference.reported:
+            await self.engine.report_language(user_id, reported)
+        return self.t.resolve(preference.chosen or reported or preference.reported)
+
+    async def language_for(self, chat: Chat) -> str:
+        """`language_of` for an adapter's own texts (e.g. Discord's hand-off to the DM)."""
+        return await self.language_of(chat, self.engine.pseudonym(chat.platform, chat.user_id))
+
+    async def stored_language(self, user_id: str) -> str:
+        """The language for messages sent without an event: the choice, else what the platform reported."""
+        preference = await self.engine.language_preference(user_id)
+        return self.t.resolve(preference.chosen or preference.reported)
+
+    def language_reply(self) -> Reply:
+        """Every language as a button labelled in that language, two to a row."""
+        buttons = [Button(language.name, f"lang:{code}") for code, language in self.t.languages.items()]
+        rows = tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
+        return Reply(self.t("language_choose"), buttons=rows)
+
+    async def language(self, event: Command, user_id: str) -> None:
+        """/language: choose the language the bot speaks."""
+        await self.say(event.chat, self.language_reply(), event)
+
+    async def choose_language(self, chat: Chat, user_id: str, code: str) -> None:
+        await self.engine.choose_language(user_id, chat.platform, code)
+        with self.t.using(code):
+            await self.say(chat, Reply(self.t("language_set")))
 
     def messenger(self, chat: Chat) -> Messenger:
         return self.messengers[chat.platform]
@@ -102,7 +145,7 @@ class Conversation:
         if not event.chat.private:
             await self.say(event.chat, Reply(self.t("group_redirect")), event)
             return
-        if await self.engine.has_consent(user_id, self.t.policy_version):
+        if await self.engine.has_consent(user_id, self.t.policy_versions):
             await self.say(event.chat, Reply(self.t("welcome_back")), event)
             return
         lead = self.t("consent_renew") if await self.engine.consent(user_id) else ""
@@ -120,8 +163,15 @@ class Conversation:
             await self.say(chat, Reply(self.t("declined")))
             return
         await self.engine.give_consent(
-            user_id, chat.platform, self.address(chat), self.t.policy_version, self.t.attestation
+            user_id,
+            chat.platform,
+            self.address(chat),
+            self.t.policy_version,
+            self.t.attestation,
+            language=self.t.current.code,
         )
+        if chat.language:  # the user has a row now: remember what the platform reports, for later messages
+            await self.engine.report_language(user_id, self.t.resolve(chat.language))
         upload = self.engine.settings.upload
         await self.say(
             chat, Reply(self.t("consented", min_photos=upload.min_photos, max_photos=upload.max_photos))
@@ -129,7 +179,7 @@ class Conversation:
 
     async def require_consent(self, chat: Chat, user_id: str, event: Event | None = None) -> bool:
         """True if the user consented to the current policy; else explain and show the buttons."""
-        if await self.engine.has_consent(user_id, self.t.policy_version):
+        if await self.engine.has_consent(user_id, self.t.policy_versions):
             return True
         lead = self.t("consent_renew") if await self.engine.consent(user_id) else self.t("consent_needed")
         await self.say(chat, self.consent_reply(chat, lead), event)
@@ -280,12 +330,16 @@ class Conversation:
                 await self.say(chat, Reply(self.t("forget_kept")))
         elif kind == "set" and arg in MODEL_CHOICES | MESSAGE_CHOICES:
             await self.apply_setting(chat, user_id, arg)
+        elif kind == "language" and not arg:
+            await self.say(chat, self.language_reply())
+        elif kind == "lang" and arg in self.t.languages:
+            await self.choose_language(chat, user_id, arg)
         else:
             await self.say(chat, Reply(self.t("expired_button")))
 
     # -- status, settings, data --------------------------------------------------------------------------
     async def status(self, event: Command, user_id: str) -> None:
-        status = await self.engine.status(user_id, event.chat.platform, self.t.policy_version)
+        status = await self.engine.status(user_id, event.chat.platform, self.t.policy_versions)
         none = self.t("status_none")
 
         def stored(count: int, key: str, deadline: float | None) -> str:
@@ -348,9 +402,9 @@ class Conversation:
             if messages
             else self.t("messages_kept"),
         )
-        return Reply(
-            text, buttons=tuple((Button(self.t.setting_button(key), f"set:{key}"),) for key in choices)
-        )
+        rows = [(Button(self.t.setting_button(key), f"set:{key}"),) for key in choices]
+        rows.append((Button(self.t.button("language"), "language"),))
+        return Reply(text, buttons=tuple(rows))
 
     async def apply_setting(self, chat: Chat, user_id: str, key: str) -> None:
         if key in MODEL_CHOICES:
@@ -424,18 +478,19 @@ async def run_progress_updates(
             for job_id in [job_id for job_id in shown if job_id not in running]:
                 del shown[job_id]  # finished: its last edit is done by the delivery
             for job in jobs:
-                text = conversation.progress_text(job.stage, job.progress)
-                if shown.get(job.job_id) == text:
-                    continue
-                address = await engine.chat_of(job.user_id)
-                if address is None:
-                    continue
-                chat = Chat(platform, address["chat_id"], address["user_id"], True)
-                buttons = ((Button(conversation.t.button("cancel"), f"cancel:{job.job_id}"),),)
-                await conversation.messengers[platform].edit(
-                    chat, job.message_id, Reply(text, buttons=buttons)
-                )
-                shown[job.job_id] = text
+                with conversation.t.using(await conversation.stored_language(job.user_id)):
+                    text = conversation.progress_text(job.stage, job.progress)
+                    if shown.get(job.job_id) == text:
+                        continue
+                    address = await engine.chat_of(job.user_id)
+                    if address is None:
+                        continue
+                    chat = Chat(platform, address["chat_id"], address["user_id"], True)
+                    buttons = ((Button(conversation.t.button("cancel"), f"cancel:{job.job_id}"),),)
+                    await conversation.messengers[platform].edit(
+                        chat, job.message_id, Reply(text, buttons=buttons)
+                    )
+                    shown[job.job_id] = text
         except Exception:
             log.exception("progress update failed; trying again")
         with contextlib.suppress(TimeoutError):

@@ -178,7 +178,7 @@ class TelegramMessenger:
 
 def to_chat(update: Update) -> Chat:
     chat, user = update.effective_chat, update.effective_user
-    return Chat("telegram", str(chat.id), str(user.id), chat.type == "private")
+    return Chat("telegram", str(chat.id), str(user.id), chat.type == "private", user.language_code or "")
 
 
 def incoming(message: Message) -> IncomingPhoto | None:
@@ -266,7 +266,15 @@ class TelegramFrontend:
         except Exception:
             log.exception("a telegram %s failed", type(event).__name__)
             with contextlib.suppress(Exception):
-                await self.messenger.send(event.chat, Reply(self.conversation.t("internal_error")))
+                texts = self.conversation.t[await self.conversation.language_for(event.chat)]
+                await self.messenger.send(event.chat, Reply(texts("internal_error")))
+
+    async def set_commands(self) -> None:
+        """The command menu in every language: English by default, each other language for its users."""
+        texts = self.conversation.t
+        for code, language in texts.languages.items():
+            commands = [BotCommand(name, language.command(name)) for name in COMMANDS]
+            await self.app.bot.set_my_commands(commands, language_code=None if code == "en" else code)
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram error: %s", type(context.error).__name__)
@@ -280,7 +288,7 @@ class TelegramFrontend:
             raise RuntimeError(
                 f"cannot reach the Bot API ({error}); check LIKENESS_TELEGRAM_API_URL"
             ) from None
-        await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS.items()])
+        await self.set_commands()
         await self.app.start()
         await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)
         log.info("telegram front-end polling")

@@ -16,6 +16,9 @@ import logging
 import math
 import re
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TEXTS_DIR = CONFIG_DIR / "texts"
 DEFAULT_LANGUAGE = "en"
+_CURRENT: ContextVar[str] = ContextVar("language", default=DEFAULT_LANGUAGE)  # of the event being answered
 _EXACT_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60))
 _STAGES = (  # the engine's progress stages -> a key of [stages] (with its numbers)
     (re.compile(r"starting"), "starting"),
@@ -227,7 +231,9 @@ class Language:
 class Texts:
     """Every language, by code. `texts["es"]` is Spanish; an unknown code gives English.
 
-    Attributes not defined here are the default language's, so `texts("help")` is the English help.
+    Inside `with texts.using(code):` (the conversation wraps each event in it) `texts` itself speaks that
+    language: `texts("help")`, `texts.button("agree")` and every other `Language` attribute are the current
+    language's. Outside, they are English.
     """
 
     def __init__(self, settings: Settings, directory: Path = TEXTS_DIR):
@@ -247,13 +253,27 @@ class Texts:
         code = language_tag(tag)
         return code if code in self.languages else DEFAULT_LANGUAGE
 
+    @property
+    def current(self) -> Language:
+        """The language of the event being answered (English outside `using`)."""
+        return self[_CURRENT.get()]
+
+    @contextmanager
+    def using(self, code: str) -> Iterator[Language]:
+        """Speak `code` (a supported language code) until the block ends; blocks nest."""
+        token = _CURRENT.set(code if code in self.languages else DEFAULT_LANGUAGE)
+        try:
+            yield self.current
+        finally:
+            _CURRENT.reset(token)
+
     def __call__(self, key: str, **values: Any) -> str:
-        return self.default(key, **values)
+        return self.current(key, **values)
 
     def __getattr__(self, name: str) -> Any:
         if name in {"default", "languages"}:  # not set yet (during __init__ or unpickling)
             raise AttributeError(name)
-        return getattr(self.default, name)
+        return getattr(self.current, name)
 
     @cached_property
     def policy_versions(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,15 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class LanguagePreference:
+    """The user's language as stored with their row: their own choice, and what the platform reported."""
+
+    chosen: str | None = None
+    reported: str | None = None
+    known: bool = False  # the user has a row (the reported language is stored only then)
+
+
+@dataclass(frozen=True)
 class UserStatus:
     consented: bool
     photos: int
@@ -168,19 +178,47 @@ class Engine:
 
     async def consent(self, user_id: str) -> dict[str, Any] | None:
         row = await self.store.fetchone(
-            "SELECT policy_version, attested, given_at FROM consents WHERE user_id=? AND withdrawn_at IS NULL "
-            "ORDER BY given_at DESC LIMIT 1",
+            "SELECT policy_version, language, attested, given_at FROM consents "
+            "WHERE user_id=? AND withdrawn_at IS NULL ORDER BY given_at DESC LIMIT 1",
             (user_id,),
         )
         return dict(row) if row else None
 
-    async def has_consent(self, user_id: str, policy_version: str) -> bool:
+    async def has_consent(self, user_id: str, policy_versions: Mapping[str, str]) -> bool:
+        """True if the user's consent is to the current policy of the language they read it in.
+
+        `policy_versions`: the current version per language; a change in one language asks only those who
+        agreed to that language's text to consent again."""
         current = await self.consent(user_id)
-        return bool(current and current["policy_version"] == policy_version)
+        return bool(current and current["policy_version"] == policy_versions.get(current["language"]))
+
+    async def language_preference(self, user_id: str) -> LanguagePreference:
+        row = await self.store.fetchone(
+            "SELECT language, platform_language FROM users WHERE id=?", (user_id,)
+        )
+        if row is None:
+            return LanguagePreference()
+        return LanguagePreference(row["language"], row["platform_language"], known=True)
+
+    async def choose_language(self, user_id: str, platform: str, language: str) -> None:
+        """The user's own choice (/language); kept with their row until /forget."""
+        await self.touch_user(user_id, platform)
+        await self.store.execute("UPDATE users SET language=? WHERE id=?", (language, user_id))
+
+    async def report_language(self, user_id: str, language: str) -> None:
+        """The language the platform reports for a known user (for messages sent without an event)."""
+        await self.store.execute("UPDATE users SET platform_language=? WHERE id=?", (language, user_id))
 
     async def give_consent(
-        self, user_id: str, platform: str, chat: dict[str, Any], policy_version: str, attested: str
+        self,
+        user_id: str,
+        platform: str,
+        chat: dict[str, Any],
+        policy_version: str,
+        attested: str,
+        language: str = "en",
     ) -> None:
+        """Record consent to `policy_version` of the policy in `language`, with what was attested."""
         await self.touch_user(user_id, platform, chat)
         now = self.clock.now()
         async with self.store.transaction():
@@ -188,10 +226,11 @@ class Engine:
                 "UPDATE consents SET withdrawn_at=? WHERE user_id=? AND withdrawn_at IS NULL", (now, user_id)
             )
             await self.store.execute(
-                "INSERT INTO consents(id, user_id, policy_version, attested, given_at) VALUES (?,?,?,?,?)",
-                (new_id(), user_id, policy_version, attested, now),
+                "INSERT INTO consents(id, user_id, policy_version, language, attested, given_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (new_id(), user_id, policy_version, language, attested, now),
             )
-        await self.store.audit("consent_given", policy_version=policy_version)
+        await self.store.audit("consent_given", policy_version=policy_version, language=language)
 
     # -- photos ---------------------------------------------------------------------------------------
     def check_size(self, size: int | None) -> Rejected | None:
@@ -465,7 +504,7 @@ class Engine:
                 await retention.clear_deadline(self.store, "message", row["id"])
 
     # -- status, export, forget -----------------------------------------------------------------------
-    async def status(self, user_id: str, platform: str, policy_version: str) -> UserStatus:
+    async def status(self, user_id: str, platform: str, policy_versions: Mapping[str, str]) -> UserStatus:
         async def deadline(kind: str) -> float | None:
             row = await self.store.fetchone(
                 "SELECT MIN(due_at) AS due FROM deadlines WHERE user_id=? AND kind=?", (user_id, kind)
@@ -475,7 +514,7 @@ class Engine:
         outputs = await self.store.fetchone("SELECT COUNT(*) AS n FROM outputs WHERE user_id=?", (user_id,))
         jobs = [(job, await self.queue.position(job)) for job in await self.queue.active_jobs(user_id)]
         return UserStatus(
-            consented=await self.has_consent(user_id, policy_version),
+            consented=await self.has_consent(user_id, policy_versions),
             photos=await self.photo_count(user_id),
             photo_deadline=await deadline("photo"),
             has_model=await self.adapter(user_id) is not None,
@@ -495,8 +534,9 @@ class Engine:
         if user:
             summary["created_at"] = user["created_at"]
             summary["model_retention_seconds"] = await self.model_retention(user_id)
+            summary["language"] = user["language"]
         for table, columns in (
-            ("consents", "policy_version, attested, given_at, withdrawn_at"),
+            ("consents", "policy_version, language, attested, given_at, withdrawn_at"),
             ("photos", "id, width, height, created_at"),
             ("adapters", "id, created_at, last_used_at, losses"),
             ("outputs", "id, preset, created_at, delivered_at"),

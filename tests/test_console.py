@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from bot.console import ConsoleFrontend
+from bot.console import ConsoleFrontend, terminal_language
 from bot.events import Button, ButtonPress, Command, PhotoMessage, Reply, TextMessage
 
 
 def make(tmp_path: Path) -> tuple[ConsoleFrontend, list[str]]:
     printed: list[str] = []
-    return ConsoleFrontend(tmp_path / "out", write=printed.append), printed
+    return ConsoleFrontend(tmp_path / "out", write=printed.append, language="C.UTF-8"), printed
 
 
 async def test_lines_become_events(tmp_path):
@@ -64,3 +64,12 @@ async def test_a_failing_event_is_reported_and_the_console_keeps_reading(tmp_pat
     await console._read_loop()
     assert any("something went wrong (RuntimeError)" in line for line in printed)
     assert quit_called == [True]  # the loop survived the error and read the next line
+
+
+def test_the_terminal_language_is_read_like_the_c_library_does():
+    assert terminal_language({"LANG": "pt_BR.UTF-8"}) == "pt_BR.UTF-8"
+    assert terminal_language({"LANG": "pt_BR.UTF-8", "LC_MESSAGES": "de_DE.UTF-8"}) == "de_DE.UTF-8"
+    assert terminal_language({"LANG": "pt_BR.UTF-8", "LC_ALL": "uk_UA.UTF-8"}) == "uk_UA.UTF-8"
+    assert terminal_language({}) == ""
+    console = ConsoleFrontend(Path("."), language="es_ES.UTF-8")
+    assert console.parse("/start").chat.language == "es_ES.UTF-8"
