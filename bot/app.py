@@ -44,7 +44,7 @@ class App:
         with_worker: bool | None = None,
         models: Any = None,
     ) -> App:
-        """`models`: an already loaded `engine.worker.Models` for the embedded worker (tests share one)."""
+        """`models`: already loaded models for the embedded worker (tests share one between apps)."""
         engine = await Engine.open(settings, clock)
         conversation = Conversation(engine, Texts(settings))
         embedded = settings.engine.embedded_worker if with_worker is None else with_worker

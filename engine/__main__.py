@@ -20,7 +20,6 @@ log = logging.getLogger("engine")
 
 
 async def run_worker(settings: Settings) -> None:
-    from engine import retention
     from engine.facade import Engine
     from engine.worker import Worker
 
@@ -28,7 +27,7 @@ async def run_worker(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     worker = Worker(engine)
-    await retention.run_due(engine)
+    await engine.run_due_deadlines()
     task = asyncio.create_task(worker.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)

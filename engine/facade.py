@@ -16,15 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import retention
 from engine.clock import Clock
+from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
-from engine.retention import message_cap
+from engine.retention import MessageDeleter, Retention, message_cap
 from engine.settings import Settings
-from engine.store import Store, new_id
 from engine.vault import Pseudonymizer, Vault, load_or_create_master_key
 
 # What callers outside the engine may use of the engine's types: they come from here.
@@ -121,15 +120,21 @@ class UserStatus:
 
 
 class Engine:
-    """Consent log, photo intake, jobs, status, export and forget, over the vault and the store."""
+    """Consent log, photo intake, jobs, status, export and forget, over the vault and the repositories.
 
-    def __init__(self, settings: Settings, store: Store, vault: Vault, presets: dict[str, Preset]):
+    The worker records its results through `record_adapter`, `record_portraits` and `record_failure`,
+    which write rows, deadlines and the outbox entry together with the end of the job.
+    """
+
+    def __init__(self, settings: Settings, store: Database, vault: Vault, presets: dict[str, Preset]):
         self.settings = settings
-        self.store = store
+        self.store = store  # the database connection (tests read it directly)
+        self.tables = Tables(store)
         self.vault = vault
         self.presets = presets
         self.pseudonyms = Pseudonymizer(vault)
         self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts)
+        self.retention = Retention(self.tables, self.queue, vault)
         self.limits = IntakeLimits(
             max_bytes=settings.upload.max_mb * 1024 * 1024,
             max_pixels=settings.upload.max_pixels,
@@ -142,7 +147,7 @@ class Engine:
         data_dir = settings.data_dir
         master = load_or_create_master_key(settings.master_key, data_dir)
         vault = Vault(data_dir, master)
-        store = await Store.open(data_dir / "likeness.sqlite3", clock)
+        store = await open_database(data_dir, clock)
         return cls(settings, store, vault, load_presets(settings.engine.presets_path))
 
     async def close(self) -> None:
@@ -155,7 +160,7 @@ class Engine:
 
     async def is_known(self, user_id: str) -> bool:
         """True if anything of the user is stored (a user row exists)."""
-        return await self.store.user(user_id) is not None
+        return await self.tables.users.get(user_id) is not None
 
     def pseudonym(self, platform: str, platform_user_id: str | int) -> str:
         return self.pseudonyms.user(platform, platform_user_id)
@@ -168,20 +173,16 @@ class Engine:
     async def touch_user(self, user_id: str, platform: str, chat: dict[str, Any] | None = None) -> None:
         """Make sure the user row exists; store the (sealed) delivery address when given."""
         sealed = self.vault.seal(user_id, "chat", user_id, json.dumps(chat).encode()) if chat else None
-        await self.store.ensure_user(user_id, platform, sealed)
+        await self.tables.users.ensure(user_id, platform, sealed)
 
     async def chat_of(self, user_id: str) -> dict[str, Any] | None:
-        row = await self.store.fetchone("SELECT chat FROM users WHERE id=?", (user_id,))
+        row = await self.tables.users.get(user_id)
         if not row or row["chat"] is None:
             return None
         return json.loads(self.vault.open(user_id, "chat", user_id, row["chat"]))
 
     async def consent(self, user_id: str) -> dict[str, Any] | None:
-        row = await self.store.fetchone(
-            "SELECT policy_version, language, attested, given_at FROM consents "
-            "WHERE user_id=? AND withdrawn_at IS NULL ORDER BY given_at DESC LIMIT 1",
-            (user_id,),
-        )
+        row = await self.tables.consents.current(user_id)
         return dict(row) if row else None
 
     async def has_consent(self, user_id: str, policy_versions: Mapping[str, str]) -> bool:
@@ -193,9 +194,7 @@ class Engine:
         return bool(current and current["policy_version"] == policy_versions.get(current["language"]))
 
     async def language_preference(self, user_id: str) -> LanguagePreference:
-        row = await self.store.fetchone(
-            "SELECT language, platform_language FROM users WHERE id=?", (user_id,)
-        )
+        row = await self.tables.users.languages(user_id)
         if row is None:
             return LanguagePreference()
         return LanguagePreference(row["language"], row["platform_language"], known=True)
@@ -203,11 +202,11 @@ class Engine:
     async def choose_language(self, user_id: str, platform: str, language: str) -> None:
         """The user's own choice (/language); kept with their row until /forget."""
         await self.touch_user(user_id, platform)
-        await self.store.execute("UPDATE users SET language=? WHERE id=?", (language, user_id))
+        await self.tables.users.set_language(user_id, language)
 
     async def report_language(self, user_id: str, language: str) -> None:
         """The language the platform reports for a known user (for messages sent without an event)."""
-        await self.store.execute("UPDATE users SET platform_language=? WHERE id=?", (language, user_id))
+        await self.tables.users.set_platform_language(user_id, language)
 
     async def give_consent(
         self,
@@ -220,25 +219,15 @@ class Engine:
     ) -> None:
         """Record consent to `policy_version` of the policy in `language`, with what was attested."""
         await self.touch_user(user_id, platform, chat)
-        now = self.clock.now()
-        async with self.store.transaction():
-            await self.store.execute(
-                "UPDATE consents SET withdrawn_at=? WHERE user_id=? AND withdrawn_at IS NULL", (now, user_id)
-            )
-            await self.store.execute(
-                "INSERT INTO consents(id, user_id, policy_version, language, attested, given_at) "
-                "VALUES (?,?,?,?,?,?)",
-                (new_id(), user_id, policy_version, language, attested, now),
-            )
-        await self.store.audit("consent_given", policy_version=policy_version, language=language)
+        await self.tables.consents.give(user_id, policy_version, language, attested)
+        await self.tables.audit.add("consent_given", policy_version=policy_version, language=language)
 
     # -- photos ---------------------------------------------------------------------------------------
     def check_size(self, size: int | None) -> Rejected | None:
         return check_reported_size(size, self.limits)
 
     async def photo_count(self, user_id: str) -> int:
-        row = await self.store.fetchone("SELECT COUNT(*) AS n FROM photos WHERE user_id=?", (user_id,))
-        return row["n"]
+        return await self.tables.photos.count(user_id)
 
     async def add_photo(self, user_id: str, data: bytes) -> PhotoResult:
         """Check one photo and, if accepted, store its sealed face crop with a deadline."""
@@ -250,9 +239,7 @@ class Engine:
                 )
             previous = [
                 Fingerprint.from_bytes(self.vault.open(user_id, "fingerprint", row["id"], row["fingerprint"]))
-                for row in await self.store.fetchall(
-                    "SELECT id, fingerprint FROM photos WHERE user_id=?", (user_id,)
-                )
+                for row in await self.tables.photos.fingerprints(user_id)
             ]
             outcome = await asyncio.to_thread(process_photo, data, self.limits, previous)
             if isinstance(outcome, Rejected):
@@ -260,28 +247,28 @@ class Engine:
             photo_id = new_id()
             await asyncio.to_thread(self.vault.put, user_id, "photo", photo_id, outcome.image)
             sealed = self.vault.seal(user_id, "fingerprint", photo_id, outcome.fingerprint.to_bytes())
-            now = self.clock.now()
             async with self.store.transaction():
-                await self.store.execute(
-                    "INSERT INTO photos(id, user_id, fingerprint, width, height, created_at) VALUES (?,?,?,?,?,?)",
-                    (photo_id, user_id, sealed, outcome.width, outcome.height, now),
-                )
-                await retention.set_deadline(
-                    self.store, user_id, "photo", photo_id, now + self.settings.retention.photos
+                await self.tables.photos.add(photo_id, user_id, sealed, outcome.width, outcome.height)
+                await self.retention.set_deadline(
+                    user_id, "photo", photo_id, self.clock.now() + self.settings.retention.photos
                 )
             return PhotoResult(outcome, count + 1)
 
     async def photos(self, user_id: str) -> list[tuple[str, bytes]]:
-        rows = await self.store.fetchall(
-            "SELECT id FROM photos WHERE user_id=? ORDER BY created_at", (user_id,)
-        )
-        return [(row["id"], self.vault.get(user_id, "photo", row["id"])) for row in rows]
+        """The user's stored photos (decrypted, in memory), oldest first."""
+        return [
+            (photo_id, self.vault.get(user_id, "photo", photo_id))
+            for photo_id in await self.tables.photos.ids(user_id)
+        ]
 
     # -- jobs -----------------------------------------------------------------------------------------
     async def adapter(self, user_id: str) -> Any | None:
-        return await self.store.fetchone(
-            "SELECT * FROM adapters WHERE user_id=? ORDER BY created_at DESC LIMIT 1", (user_id,)
-        )
+        """The user's current model row (id, token, ...), or None."""
+        return await self.tables.adapters.latest(user_id)
+
+    async def adapter_weights(self, user_id: str, adapter_id: str) -> bytes:
+        """The user's LoRA bytes (decrypted, in memory)."""
+        return await asyncio.to_thread(self.vault.get, user_id, "adapter", adapter_id)
 
     async def has_model(self, user_id: str) -> bool:
         return await self.adapter(user_id) is not None
@@ -297,11 +284,7 @@ class Engine:
             raise Refused("not_enough_photos", min_photos=self.settings.upload.min_photos, count=count)
         if await self.active_training(user_id):
             raise Refused("already_training", min_photos=self.settings.upload.min_photos, count=count)
-        job_id = await self.queue.enqueue(user_id, "train", {})
-        await retention.set_deadline(
-            self.store, user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
-        )
-        return job_id
+        return await self._enqueue(user_id, "train", {})
 
     async def request_portraits(self, user_id: str, preset_key: str) -> str:
         """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style)."""
@@ -309,11 +292,13 @@ class Engine:
             raise Refused("unknown_style")
         if not await self.has_model(user_id) and not await self.active_training(user_id):
             raise Refused("no_model")
-        job_id = await self.queue.enqueue(
-            user_id, "generate", {"preset": preset_key, "count": self.settings.engine.images_per_request}
-        )
-        await retention.set_deadline(
-            self.store, user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
+        payload = {"preset": preset_key, "count": self.settings.engine.images_per_request}
+        return await self._enqueue(user_id, "generate", payload)
+
+    async def _enqueue(self, user_id: str, kind: str, payload: dict[str, Any]) -> str:
+        job_id = await self.queue.enqueue(user_id, kind, payload)
+        await self.retention.set_deadline(
+            user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
         )
         return job_id
 
@@ -336,38 +321,89 @@ class Engine:
 
     async def running_progress(self, platform: str) -> list[RunningJob]:
         """Running jobs of the platform's users that have a progress message to update."""
-        rows = await self.store.fetchall(
-            "SELECT j.id, j.user_id, j.progress, j.stage, m.message_id FROM jobs j "
-            "JOIN sent_messages m ON m.job_id = j.id AND m.kind='progress' "
-            "JOIN users u ON u.id = j.user_id WHERE u.platform=? AND j.state='running'",
-            (platform,),
-        )
+        rows = await self.queue.running_with_progress_message(platform)
         return [
             RunningJob(row["id"], row["user_id"], row["progress"], row["stage"], row["message_id"])
             for row in rows
         ]
 
-    async def message_target(self, user_id: str, row_id: str) -> MessageTarget | None:
-        """The chat and platform message id of one recorded message of the user (for deletion)."""
-        row = await self.store.fetchone(
-            "SELECT m.message_id, u.platform FROM sent_messages m JOIN users u ON u.id = m.user_id "
-            "WHERE m.id=? AND m.user_id=?",
-            (row_id, user_id),
-        )
-        chat = await self.chat_of(user_id)
-        if row is None or chat is None:
-            return None
-        return MessageTarget(row["platform"], chat, row["message_id"])
+    # -- results, written by the worker ---------------------------------------------------------------
+    async def record_adapter(
+        self, job: Job, weights: bytes, losses: list[float], token: str, photo_ids: list[str]
+    ) -> bool:
+        """Store a trained model and finish the job, if this attempt still owns it. The previous model and
+        the photos trained on are deleted afterwards (photos are kept only until training succeeds).
+        Returns False (and stores nothing) when the job was lost meanwhile."""
+        user_id = job.user_id
+        adapter_id = new_id()
+        await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
+        keep = await self.model_retention(user_id)
+        async with self.store.transaction():
+            if not await self.queue.is_current(job):
+                await self._discard(user_id, [adapter_id])
+                return False
+            old = await self.tables.adapters.ids(user_id)
+            await self.tables.adapters.add(adapter_id, user_id, token, losses)
+            await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
+            await self._finish(job, "trained")
+        for old_id in old:  # a retrained model replaces the previous one
+            await self.retention.expire("adapter", user_id, old_id)
+        for photo_id in photo_ids:
+            await self.retention.expire("photo", user_id, photo_id)
+        return True
+
+    async def record_portraits(self, job: Job, preset_key: str, images: list[bytes], adapter_id: str) -> bool:
+        """Store the encoded portraits of a generation job and finish it, if this attempt still owns it;
+        the model's lifetime starts again. Returns False (and stores nothing) when the job was lost."""
+        user_id = job.user_id
+        output_ids = [new_id() for _ in images]
+        for output_id, data in zip(output_ids, images, strict=True):
+            await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
+        now = self.clock.now()
+        keep = await self.model_retention(user_id)
+        async with self.store.transaction():
+            if not await self.queue.is_current(job):
+                await self._discard(user_id, output_ids)
+                return False
+            for position, output_id in enumerate(output_ids):
+                await self.tables.outputs.add(output_id, user_id, job.id, preset_key, position)
+                await self.retention.set_deadline(
+                    user_id, "output", output_id, now + self.settings.retention.outputs
+                )
+            await self.tables.adapters.touch(adapter_id, now)
+            await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
+            await self._finish(job, "portraits")
+        return True
+
+    async def record_failure(self, job: Job, reason: str) -> str:
+        """A failed attempt: retried with backoff while attempts remain, else the user is told.
+        Returns the job's new state ("lost" when this attempt no longer owns it)."""
+        state = await self.queue.fail(job, reason)
+        if state == "failed":
+            await self.retention.clear_deadline("job", job.id)
+            if await self.is_known(job.user_id):
+                await self.tables.deliveries.add(job.user_id, job.id, "failed")
+        return state
+
+    async def _finish(self, job: Job, delivery_kind: str) -> None:
+        """Inside the results' transaction: queue the delivery and end the job, so a crash can neither
+        leave results twice nor finish a job without its delivery."""
+        await self.tables.deliveries.add(job.user_id, job.id, delivery_kind)
+        await self.queue.finish(job)
+        await self.retention.clear_deadline("job", job.id)
+
+    async def _discard(self, user_id: str, blob_ids: list[str]) -> None:
+        """Delete blobs written for a job that was lost. If the user was erased meanwhile (/forget), the
+        write created a new data key and blob folder for them: shred those too."""
+        for blob_id in blob_ids:
+            self.vault.delete(user_id, blob_id)
+        if not await self.is_known(user_id):
+            await asyncio.to_thread(self.vault.erase_owner, user_id)
 
     # -- outbox ---------------------------------------------------------------------------------------
     async def pending_deliveries(self, platform: str) -> list[Delivery]:
-        rows = await self.store.fetchall(
-            "SELECT d.*, u.platform FROM deliveries d JOIN users u ON u.id = d.user_id "
-            "WHERE d.state='pending' AND u.platform=? AND d.not_before <= ? ORDER BY d.created_at",
-            (platform, self.clock.now()),
-        )
         deliveries = []
-        for row in rows:
+        for row in await self.tables.deliveries.pending(platform):
             chat = await self.chat_of(row["user_id"])
             if chat is None:
                 continue
@@ -375,13 +411,10 @@ class Engine:
             images: list[tuple[str, bytes]] = []
             preset = job.payload.get("preset") if job else None
             if row["kind"] == "portraits":
-                outputs = await self.store.fetchall(
-                    "SELECT id FROM outputs WHERE job_id=? ORDER BY position", (row["job_id"],)
-                )
                 images = [
-                    (o["id"], data)
-                    for o in outputs
-                    if (data := self._output(row["user_id"], o["id"])) is not None
+                    (output_id, data)
+                    for output_id in await self.tables.outputs.ids_of_job(row["job_id"])
+                    if (data := self._output(row["user_id"], output_id)) is not None
                 ]
             deliveries.append(
                 Delivery(
@@ -399,7 +432,7 @@ class Engine:
 
     async def retry_deliveries_now(self) -> None:
         """At start-up: try every pending delivery at once instead of waiting out its backoff."""
-        await self.store.execute("UPDATE deliveries SET not_before=0 WHERE state='pending'")
+        await self.tables.deliveries.retry_all_now()
 
     def _output(self, user_id: str, output_id: str) -> bytes | None:
         """A portrait's bytes, or None if it was deleted meanwhile (delivered or expired by another task)."""
@@ -410,21 +443,19 @@ class Engine:
 
     async def delivery_failed(self, delivery: Delivery) -> None:
         """Back off after a failed send (1 s, 2 s, 4 s ... 1 h); give up after a day of tries."""
-        row = await self.store.fetchone("SELECT attempts FROM deliveries WHERE id=?", (delivery.id,))
-        if row is None:
+        attempts = await self.tables.deliveries.attempts(delivery.id)
+        if attempts is None:
             return
-        attempts = row["attempts"] + 1
+        attempts += 1
         state = "undeliverable" if attempts >= MAX_DELIVERY_ATTEMPTS else "pending"
-        await self.store.execute(
-            "UPDATE deliveries SET attempts=?, state=?, not_before=? WHERE id=?",
-            (attempts, state, self.clock.now() + min(3600.0, 2.0 ** (attempts - 1)), delivery.id),
-        )
+        not_before = self.clock.now() + min(3600.0, 2.0 ** (attempts - 1))
+        await self.tables.deliveries.back_off(delivery.id, attempts, state, not_before)
 
     async def delivered(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         """Record a completed send: message ids (for deletion), outputs gone once delivered.
         Holds the user's lock, so a /forget cannot slip between the send and this record."""
         async with self.user_lock(delivery.user_id):
-            if await self.store.user(delivery.user_id) is None:
+            if not await self.is_known(delivery.user_id):
                 return
             await self._record_delivery(delivery, message_ids, platform)
 
@@ -432,49 +463,49 @@ class Engine:
         now = self.clock.now()
         message_retention = await self.message_retention(delivery.user_id, platform)
         async with self.store.transaction():
-            await self.store.execute(
-                "UPDATE deliveries SET state='sent', sent_at=?, attempts=attempts+1 WHERE id=?",
-                (now, delivery.id),
-            )
+            await self.tables.deliveries.mark_sent(delivery.id)
             for message_id in message_ids:
-                row_id = new_id()
-                await self.store.execute(
-                    "INSERT INTO sent_messages(id, user_id, message_id, job_id, kind, sent_at) VALUES (?,?,?,?,?,?)",
-                    (row_id, delivery.user_id, message_id, delivery.job_id, "result", now),
+                row_id = await self.tables.messages.add(
+                    delivery.user_id, message_id, "result", delivery.job_id
                 )
                 if delivery.kind == "portraits" and message_retention > 0:
-                    await retention.set_deadline(
-                        self.store, delivery.user_id, "message", row_id, now + message_retention
+                    await self.retention.set_deadline(
+                        delivery.user_id, "message", row_id, now + message_retention
                     )
         for output_id, _ in delivery.images:
-            await retention.expire(self, "output", delivery.user_id, output_id)
+            await self.retention.expire("output", delivery.user_id, output_id)
 
     async def record_message(
         self, user_id: str, message_id: str, kind: str, job_id: str | None = None
     ) -> None:
-        await self.store.execute(
-            "INSERT INTO sent_messages(id, user_id, message_id, job_id, kind, sent_at) VALUES (?,?,?,?,?,?)",
-            (new_id(), user_id, message_id, job_id, kind, self.clock.now()),
-        )
+        await self.tables.messages.add(user_id, message_id, kind, job_id)
 
     async def progress_message(self, job_id: str) -> str | None:
-        row = await self.store.fetchone(
-            "SELECT message_id FROM sent_messages WHERE job_id=? AND kind='progress'", (job_id,)
-        )
-        return row["message_id"] if row else None
+        return await self.tables.messages.progress_of_job(job_id)
 
     async def messages(self, user_id: str) -> list[str]:
-        rows = await self.store.fetchall("SELECT message_id FROM sent_messages WHERE user_id=?", (user_id,))
-        return [row["message_id"] for row in rows]
+        return await self.tables.messages.ids_of_user(user_id)
+
+    async def message_target(self, user_id: str, row_id: str) -> MessageTarget | None:
+        """The chat and platform message id of one recorded message of the user (for deletion)."""
+        row = await self.tables.messages.target(user_id, row_id)
+        chat = await self.chat_of(user_id)
+        if row is None or chat is None:
+            return None
+        return MessageTarget(row["platform"], chat, row["message_id"])
+
+    async def run_due_deadlines(self, delete_message: MessageDeleter | None = None) -> dict[str, int]:
+        """Delete everything overdue now (a standalone worker at start-up; the scheduler otherwise)."""
+        return await self.retention.run_due(delete_message)
 
     # -- retention choices ----------------------------------------------------------------------------
     async def model_retention(self, user_id: str) -> float:
-        user = await self.store.user(user_id)
+        user = await self.tables.users.get(user_id)
         cap = self.settings.retention.model
         return min(cap, user["model_retention"]) if user and user["model_retention"] is not None else cap
 
     async def message_retention(self, user_id: str, platform: str) -> float:
-        user = await self.store.user(user_id)
+        user = await self.tables.users.get(user_id)
         chosen = user["message_retention"] if user and user["message_retention"] is not None else None
         value = self.settings.retention.messages if chosen is None else chosen
         return min(value, message_cap(platform)) if value > 0 else 0.0
@@ -482,45 +513,34 @@ class Engine:
     async def set_model_retention(self, user_id: str, seconds: float) -> None:
         """A user's own choice, capped by the operator; applies at once to the current model."""
         seconds = min(seconds, self.settings.retention.model)
-        await self.store.execute("UPDATE users SET model_retention=? WHERE id=?", (seconds, user_id))
+        await self.tables.users.set_model_retention(user_id, seconds)
         adapter = await self.adapter(user_id)
         if adapter:
-            await retention.set_deadline(
-                self.store, user_id, "adapter", adapter["id"], adapter["last_used_at"] + seconds
+            await self.retention.set_deadline(
+                user_id, "adapter", adapter["id"], adapter["last_used_at"] + seconds
             )
 
     async def set_message_retention(self, user_id: str, seconds: float, platform: str) -> None:
-        await self.store.execute("UPDATE users SET message_retention=? WHERE id=?", (seconds, user_id))
+        await self.tables.users.set_message_retention(user_id, seconds)
         effective = await self.message_retention(user_id, platform)
-        rows = await self.store.fetchall(
-            "SELECT id, sent_at FROM sent_messages WHERE user_id=? AND kind='result'", (user_id,)
-        )
-        for row in rows:
+        for row in await self.tables.messages.results_of_user(user_id):
             if effective > 0:
-                await retention.set_deadline(
-                    self.store, user_id, "message", row["id"], row["sent_at"] + effective
-                )
+                await self.retention.set_deadline(user_id, "message", row["id"], row["sent_at"] + effective)
             else:
-                await retention.clear_deadline(self.store, "message", row["id"])
+                await self.retention.clear_deadline("message", row["id"])
 
     # -- status, export, forget -----------------------------------------------------------------------
     async def status(self, user_id: str, platform: str, policy_versions: Mapping[str, str]) -> UserStatus:
-        async def deadline(kind: str) -> float | None:
-            row = await self.store.fetchone(
-                "SELECT MIN(due_at) AS due FROM deadlines WHERE user_id=? AND kind=?", (user_id, kind)
-            )
-            return row["due"] if row else None
-
-        outputs = await self.store.fetchone("SELECT COUNT(*) AS n FROM outputs WHERE user_id=?", (user_id,))
+        deadlines = self.tables.deadlines
         jobs = [(job, await self.queue.position(job)) for job in await self.queue.active_jobs(user_id)]
         return UserStatus(
             consented=await self.has_consent(user_id, policy_versions),
             photos=await self.photo_count(user_id),
-            photo_deadline=await deadline("photo"),
-            has_model=await self.adapter(user_id) is not None,
-            model_deadline=await deadline("adapter"),
-            outputs=outputs["n"],
-            output_deadline=await deadline("output"),
+            photo_deadline=await deadlines.first_of_user(user_id, "photo"),
+            has_model=await self.has_model(user_id),
+            model_deadline=await deadlines.first_of_user(user_id, "adapter"),
+            outputs=await self.tables.outputs.count(user_id),
+            output_deadline=await deadlines.first_of_user(user_id, "output"),
             jobs=jobs,
             model_retention=await self.model_retention(user_id),
             message_retention=await self.message_retention(user_id, platform),
@@ -530,22 +550,12 @@ class Engine:
         """Everything stored about the user: a JSON summary and a zip of their photos and portraits.
         Both are built in memory only."""
         summary: dict[str, Any] = {"user": "you (stored under a pseudonym)", "consents": [], "photos": []}
-        user = await self.store.user(user_id)
+        user = await self.tables.users.get(user_id)
         if user:
             summary["created_at"] = user["created_at"]
             summary["model_retention_seconds"] = await self.model_retention(user_id)
             summary["language"] = user["language"]
-        for table, columns in (
-            ("consents", "policy_version, language, attested, given_at, withdrawn_at"),
-            ("photos", "id, width, height, created_at"),
-            ("adapters", "id, created_at, last_used_at, losses"),
-            ("outputs", "id, preset, created_at, delivered_at"),
-            ("jobs", "id, kind, state, progress, stage, error, created_at, finished_at"),
-            ("deadlines", "kind, ref_id, due_at"),
-            ("sent_messages", "kind, sent_at"),
-        ):
-            rows = await self.store.fetchall(f"SELECT {columns} FROM {table} WHERE user_id=?", (user_id,))
-            summary[table] = [dict(row) for row in rows]
+        summary.update(await self.tables.users.export(user_id))
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
             for photo in summary["photos"]:
@@ -554,16 +564,16 @@ class Engine:
                 zipped.writestr(
                     f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
                 )
-        await self.store.audit("export")
+        await self.tables.audit.add("export")
         return json.dumps(summary, indent=2, default=str).encode(), archive.getvalue()
 
     async def forget(self, user_id: str) -> Receipt:
-        """Erase the user: cancel jobs, shred the data key, delete blobs and rows, checkpoint.
+        """Erase the user: cancel jobs, shred the data key, delete blobs and rows, compact.
         Idempotent: a second call erases nothing and still returns a receipt."""
         async with self.user_lock(user_id):
             await self.queue.cancel_user(user_id)
             files = await asyncio.to_thread(self.vault.erase_owner, user_id)  # the key goes first
-            rows = await self.store.erase_user(user_id)
+            rows = await self.tables.users.erase(user_id)
             counts = {
                 "photos": rows["photos"],
                 "models": rows["adapters"],
@@ -578,9 +588,9 @@ class Engine:
                 at=self.clock.now(),
                 counts=counts,
             )
-            await self.store.audit(
+            await self.tables.audit.add(
                 "erasure", receipt=receipt.receipt_id, **{k.replace(" ", "_"): v for k, v in counts.items()}
             )
-            await self.store.checkpoint()
+            await self.store.compact()
             self._user_locks.pop(user_id, None)
             return receipt

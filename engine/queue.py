@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from engine.store import Store, new_id
+from engine.db.base import Database, new_id
 
 ACTIVE = ("queued", "running")
 
@@ -62,92 +62,71 @@ DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0}
 
 
 class JobQueue:
-    def __init__(self, store: Store, lease_seconds: float, max_attempts: int, backoff_seconds: float = 15.0):
-        self.store = store
+    def __init__(self, db: Database, lease_seconds: float, max_attempts: int, backoff_seconds: float = 15.0):
+        self.db = db
+        self.sql = db.sql
         self.lease = lease_seconds
         self.max_attempts = max_attempts
         self.backoff = backoff_seconds
 
     async def enqueue(self, user_id: str, kind: str, payload: dict[str, Any] | None = None) -> str:
         job_id = new_id()
-        now = self.store.clock.now()
-        await self.store.execute(
-            "INSERT INTO jobs(id, user_id, kind, payload, state, max_attempts, not_before, created_at) "
-            "VALUES (?,?,?,?,'queued',?,?,?)",
+        now = self.db.clock.now()
+        await self.db.execute(
+            self.sql.JOB_INSERT,
             (job_id, user_id, kind, json.dumps(payload or {}), self.max_attempts, now, now),
         )
         return job_id
 
     async def get(self, job_id: str) -> Job | None:
-        row = await self.store.fetchone("SELECT * FROM jobs WHERE id=?", (job_id,))
+        row = await self.db.fetchone(self.sql.JOB_GET, (job_id,))
         return Job.from_row(row) if row else None
 
     async def active_jobs(self, user_id: str) -> list[Job]:
-        rows = await self.store.fetchall(
-            "SELECT * FROM jobs WHERE user_id=? AND state IN ('queued','running') ORDER BY rowid", (user_id,)
-        )
+        rows = await self.db.fetchall(self.sql.JOB_ACTIVE_OF_USER, (user_id,))
         return [Job.from_row(row) for row in rows]
 
     async def claim(self, worker: str) -> Job | None:
         """Take the next job (queued, or running with an expired lease) and lease it to `worker`."""
         while True:
-            now = self.store.clock.now()
-            async with self.store.transaction():
-                row = await self.store.fetchone(
-                    """
-                    SELECT j.* FROM jobs j
-                    WHERE j.rowid = (SELECT MIN(k.rowid) FROM jobs k
-                                     WHERE k.user_id = j.user_id AND k.state IN ('queued','running'))
-                      AND ((j.state = 'queued' AND j.not_before <= :now)
-                           OR (j.state = 'running' AND j.lease_until < :now))
-                    ORDER BY (SELECT COALESCE(MAX(s.started_at), 0) FROM jobs s WHERE s.user_id = j.user_id),
-                             j.rowid
-                    LIMIT 1
-                    """,
-                    {"now": now},
-                )
+            now = self.db.clock.now()
+            async with self.db.transaction():
+                row = await self.db.fetchone(self.sql.JOB_NEXT, {"now": now})
                 if row is None:
                     return None
                 if row["state"] == "running" and row["attempts"] >= row["max_attempts"]:
-                    await self.store.execute(
-                        "UPDATE jobs SET state='failed', error=?, finished_at=?, lease_until=NULL WHERE id=?",
+                    await self.db.execute(
+                        self.sql.JOB_FAIL_ABANDONED,
                         ("the worker stopped responding too often", now, row["id"]),
                     )
                     continue
-                await self.store.execute(
-                    "UPDATE jobs SET state='running', attempts=attempts+1, lease_until=?, worker=?, "
-                    "started_at=?, error=NULL WHERE id=?",
+                await self.db.execute(
+                    self.sql.JOB_LEASE,
                     (now + self.lease, worker, now, row["id"]),
                 )
                 return await self.get(row["id"])
 
     async def heartbeat(self, job: Job, progress: float, stage: str) -> bool:
         """Renew the lease and record progress. False if the job is no longer ours (cancelled or taken)."""
-        now = self.store.clock.now()
-        changed = await self.store.execute(
-            "UPDATE jobs SET lease_until=?, progress=?, stage=? WHERE id=? AND state='running' AND attempts=?",
+        now = self.db.clock.now()
+        changed = await self.db.execute(
+            self.sql.JOB_HEARTBEAT,
             (now + self.lease, max(0.0, min(1.0, progress)), stage, job.id, job.attempts),
         )
         return changed > 0
 
     async def is_current(self, job: Job) -> bool:
         """True while this attempt still owns the job. Call inside the transaction that writes results."""
-        row = await self.store.fetchone(
-            "SELECT 1 FROM jobs WHERE id=? AND state='running' AND attempts=?", (job.id, job.attempts)
-        )
+        row = await self.db.fetchone(self.sql.JOB_IS_CURRENT, (job.id, job.attempts))
         return row is not None
 
     async def finish(self, job: Job) -> bool:
-        now = self.store.clock.now()
-        changed = await self.store.execute(
-            "UPDATE jobs SET state='done', progress=1, stage='done', finished_at=?, lease_until=NULL "
-            "WHERE id=? AND state='running' AND attempts=?",
-            (now, job.id, job.attempts),
-        )
+        now = self.db.clock.now()
+        changed = await self.db.execute(self.sql.JOB_FINISH, (now, job.id, job.attempts))
         if changed:
-            started = await self.store.fetchone("SELECT started_at FROM jobs WHERE id=?", (job.id,))
-            await self.store.execute(
-                "INSERT INTO job_durations(kind, seconds, finished_at) VALUES (?,?,?)",
+            started = await self.db.fetchone(self.sql.JOB_STARTED_AT, (job.id,))
+            await self.db.execute(
+                self.sql.DURATION_INSERT,
                 (job.kind, max(0.0, now - started["started_at"]), now),
             )
         return changed > 0
@@ -155,59 +134,46 @@ class JobQueue:
     async def fail(self, job: Job, reason: str, retry: bool = True) -> str:
         """Record a failure; requeue with exponential backoff while attempts remain. Returns the new state,
         or "lost" when this attempt no longer owns the job (cancelled or taken over): nothing changed."""
-        now = self.store.clock.now()
+        now = self.db.clock.now()
         state = "queued" if retry and job.attempts < job.max_attempts else "failed"
         delay = self.backoff * (2 ** (job.attempts - 1))
-        changed = await self.store.execute(
-            "UPDATE jobs SET state=?, error=?, not_before=?, lease_until=NULL, "
-            "finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END "
-            "WHERE id=? AND state='running' AND attempts=?",
+        changed = await self.db.execute(
+            self.sql.JOB_FAIL,
             (state, reason, now + delay, state, now, job.id, job.attempts),
         )
         return state if changed else "lost"
 
     async def release(self, job: Job) -> None:
         """Give a running job back untouched (clean shutdown): it runs again later, not counted as a try."""
-        await self.store.execute(
-            "UPDATE jobs SET state='queued', attempts=attempts-1, lease_until=NULL, worker=NULL "
-            "WHERE id=? AND state='running' AND attempts=?",
-            (job.id, job.attempts),
-        )
+        await self.db.execute(self.sql.JOB_RELEASE, (job.id, job.attempts))
 
     async def cancel(self, job_id: str, user_id: str) -> bool:
         """Cancel one of the user's active jobs (authorised by owner)."""
-        changed = await self.store.execute(
-            "UPDATE jobs SET state='cancelled', lease_until=NULL, finished_at=? "
-            "WHERE id=? AND user_id=? AND state IN ('queued','running')",
-            (self.store.clock.now(), job_id, user_id),
-        )
+        changed = await self.db.execute(self.sql.JOB_CANCEL, (self.db.clock.now(), job_id, user_id))
         return changed > 0
 
     async def cancel_user(self, user_id: str) -> int:
         """Cancel every queued or running job of the user; a running worker notices at its next check."""
-        return await self.store.execute(
-            "UPDATE jobs SET state='cancelled', lease_until=NULL, finished_at=? "
-            "WHERE user_id=? AND state IN ('queued','running')",
-            (self.store.clock.now(), user_id),
-        )
+        return await self.db.execute(self.sql.JOB_CANCEL_ALL_OF_USER, (self.db.clock.now(), user_id))
+
+    async def expire(self, job_id: str) -> None:
+        """A job past its deadline: cancelled if it has not finished."""
+        await self.db.execute(self.sql.JOB_EXPIRE, (job_id,))
 
     async def mean_duration(self, kind: str) -> float:
-        row = await self.store.fetchone(
-            "SELECT AVG(seconds) AS mean FROM (SELECT seconds FROM job_durations WHERE kind=? "
-            "ORDER BY finished_at DESC LIMIT 20)",
-            (kind,),
-        )
+        row = await self.db.fetchone(self.sql.DURATION_MEAN, (kind,))
         return row["mean"] if row and row["mean"] is not None else DEFAULT_DURATIONS.get(kind, 60.0)
 
     async def position(self, job: Job) -> QueuePosition:
         """How many jobs run before this one, and when it should be done (one worker assumed)."""
-        rows = await self.store.fetchall(
-            "SELECT kind, state, progress FROM jobs WHERE state IN ('queued','running') "
-            "AND rowid < (SELECT rowid FROM jobs WHERE id=?)",
-            (job.id,),
-        )
+        rows = await self.db.fetchall(self.sql.JOB_AHEAD, (job.id,))
         eta = 0.0
         for row in rows:
             eta += (1 - row["progress"]) * await self.mean_duration(row["kind"])
         eta += (1 - job.progress) * await self.mean_duration(job.kind)
         return QueuePosition(ahead=len(rows), eta_seconds=eta)
+
+    async def running_with_progress_message(self, platform: str) -> list[Any]:
+        """Running jobs of the platform's users that have a progress message (id, user_id, progress,
+        stage, message_id)."""
+        return await self.db.fetchall(self.sql.JOB_RUNNING_WITH_PROGRESS_MESSAGE, (platform,))

@@ -57,7 +57,8 @@ class Background:
     async def start(self, delete_message: MessageDeleter | None, stopped: asyncio.Event) -> None:
         """Delete overdue data, make pending deliveries due, load the model (a failure is a
         `StartupError`); the worker starts with `run_worker`, after the front-ends are up."""
-        self.retention = RetentionScheduler(self.engine, delete_message)
+        sweep = self.engine.settings.retention.sweep_interval
+        self.retention = RetentionScheduler(self.engine.retention, sweep, delete_message)
         overdue = await self.retention.start()
         if overdue:
             log.info("deleted overdue data at start-up: %s", overdue)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import os
 import socket
@@ -20,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import retention
+from engine.db import new_id
 from engine.facade import Engine
 from engine.queue import Job
-from engine.store import new_id
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ class Worker:
     async def drop_erased_adapters(self) -> None:
         """Unload the adapters of users erased since they were loaded (also by another process)."""
         for owner in self.models.generator.owners():
-            if await self.engine.store.user(owner) is None:
+            if not await self.engine.is_known(owner):
                 self.models.generator.forget(owner)
 
     async def run_once(self) -> bool:
@@ -128,10 +126,7 @@ class Worker:
             log.info("job %s stopped: cancelled or taken over", job.id[:8])
         except Exception as error:  # a model or data error: retry with backoff, then tell the user
             log.exception("job %s failed (attempt %d)", job.id[:8], job.attempts)
-            state = await self.engine.queue.fail(job, _reason(error))
-            if state == "failed":
-                await retention.clear_deadline(self.engine.store, "job", job.id)
-                await self._notify(job, "failed")
+            await self.engine.record_failure(job, _reason(error))
         finally:
             heartbeat.cancel()
             stop_waiter.cancel()
@@ -149,13 +144,12 @@ class Worker:
             raise JobLost()
 
     async def _work(self, job: Job, progress: _Progress) -> None:
+        """Run the job's handler, looked up by its kind (the registry of what a worker can do)."""
         await self._check(job, progress)
-        if job.kind == "train":
-            await self._train(job, progress)
-        elif job.kind == "generate":
-            await self._generate(job, progress)
-        else:
+        handlers = {"train": self._train, "generate": self._generate}
+        if job.kind not in handlers:
             raise ValueError(f"unknown job kind {job.kind!r}")
+        await handlers[job.kind](job, progress)
 
     async def _compute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -191,35 +185,10 @@ class Worker:
             raise JobLost() from None
         await self._check(job, progress)
         progress.update(0.98, "saving your model")
-        adapter_id = new_id()
-        await asyncio.to_thread(engine.vault.put, user_id, "adapter", adapter_id, result.adapter)
-        keep = await engine.model_retention(user_id)
-        now = engine.clock.now()
-        async with engine.store.transaction():
-            if not await engine.queue.is_current(job):
-                await self._discard(user_id, [adapter_id])
-                raise JobLost()
-            old = await engine.store.fetchall("SELECT id FROM adapters WHERE user_id=?", (user_id,))
-            await engine.store.execute(
-                "INSERT INTO adapters(id, user_id, token, losses, created_at, last_used_at) VALUES (?,?,?,?,?,?)",
-                (
-                    adapter_id,
-                    user_id,
-                    TOKEN,
-                    json.dumps([round(x, 5) for x in result.losses]),
-                    now,
-                    now,
-                ),
-            )
-            await retention.set_deadline(engine.store, user_id, "adapter", adapter_id, now + keep)
-            await self._add_delivery(job, "trained")
-            await engine.queue.finish(job)  # in the same transaction: a crash cannot leave results twice
-            await retention.clear_deadline(engine.store, "job", job.id)
-        for row in old:  # a retrained model replaces the previous one
-            await retention.expire(engine, "adapter", user_id, row["id"])
+        photo_ids = [photo_id for photo_id, _ in photos]
+        if not await engine.record_adapter(job, result.adapter, result.losses, TOKEN, photo_ids):
+            raise JobLost()
         self.models.generator.forget(user_id)
-        for photo_id, _ in photos:  # photos are kept only until training succeeds
-            await retention.expire(engine, "photo", user_id, photo_id)
         log.info("job %s trained %d steps in %.1fs", job.id[:8], result.steps, result.seconds)
 
     async def _generate(self, job: Job, progress: _Progress) -> None:
@@ -235,7 +204,7 @@ class Worker:
             raise ValueError("no trained model")
         progress.update(0.0, "loading your model")
         if not self.models.generator.has_adapter(user_id):
-            adapter_bytes = await asyncio.to_thread(engine.vault.get, user_id, "adapter", adapter["id"])
+            adapter_bytes = await engine.adapter_weights(user_id, adapter["id"])
             await self._compute(self.models.generator.load_adapter, user_id, adapter_bytes)
             del adapter_bytes
         await self._check(job, progress)
@@ -258,47 +227,8 @@ class Worker:
         progress.update(0.92, "marking as AI-generated")
         config = provenance_config(engine)
         encoded = [await self._compute(mark_image, image, config) for image in images]
-        output_ids = [new_id() for _ in encoded]
-        for output_id, data in zip(output_ids, encoded, strict=True):
-            await asyncio.to_thread(engine.vault.put, user_id, "output", output_id, data)
-        now = engine.clock.now()
-        async with engine.store.transaction():
-            if not await engine.queue.is_current(job):
-                await self._discard(user_id, output_ids)
-                raise JobLost()
-            for position, output_id in enumerate(output_ids):
-                await engine.store.execute(
-                    "INSERT INTO outputs(id, user_id, job_id, preset, position, created_at) VALUES (?,?,?,?,?,?)",
-                    (output_id, user_id, job.id, preset.key, position, now),
-                )
-                await retention.set_deadline(
-                    engine.store, user_id, "output", output_id, now + engine.settings.retention.outputs
-                )
-            keep = await engine.model_retention(user_id)
-            await engine.store.execute("UPDATE adapters SET last_used_at=? WHERE id=?", (now, adapter["id"]))
-            await retention.set_deadline(engine.store, user_id, "adapter", adapter["id"], now + keep)
-            await self._add_delivery(job, "portraits")
-            await engine.queue.finish(job)
-            await retention.clear_deadline(engine.store, "job", job.id)
-
-    async def _discard(self, user_id: str, blob_ids: list[str]) -> None:
-        """Delete blobs written for a job that was lost. If the user was erased meanwhile (/forget), the
-        write created a new data key and blob folder for them: shred those too."""
-        for blob_id in blob_ids:
-            self.engine.vault.delete(user_id, blob_id)
-        if await self.engine.store.user(user_id) is None:
-            await asyncio.to_thread(self.engine.vault.erase_owner, user_id)
-
-    async def _add_delivery(self, job: Job, kind: str) -> None:
-        await self.engine.store.execute(
-            "INSERT OR IGNORE INTO deliveries(id, user_id, job_id, kind, state, created_at) "
-            "VALUES (?,?,?,?,'pending',?)",
-            (new_id(), job.user_id, job.id, kind, self.engine.clock.now()),
-        )
-
-    async def _notify(self, job: Job, kind: str) -> None:
-        if await self.engine.store.user(job.user_id):
-            await self._add_delivery(job, kind)
+        if not await engine.record_portraits(job, preset.key, encoded, adapter["id"]):
+            raise JobLost()
 
 
 def provenance_config(engine: Engine) -> Any:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import FakeClock, Store
+from engine.clock import FakeClock
+from engine.db.sqlite import SqliteDatabase as Store
 from engine.vault import Vault, new_master_key
 
 

@@ -19,9 +19,10 @@ from typing import Any
 from bot.app import App
 from bot.delivery import deliver_pending
 from bot.events import Button, ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply
+from engine.clock import Clock, FakeClock
+from engine.db import USER_TABLES
 from engine.facade import Engine
 from engine.settings import Settings
-from engine.store import USER_TABLES, Clock, FakeClock
 from tests import faces_data as fd
 from tests.tiny_settings import tiny_settings
 

@@ -141,7 +141,7 @@ async def test_whole_flow_in_dms_then_forget(fake: FakeDiscord, photos: list, tm
         assert "chat messages: 4" in receipt.content
         assert all(fake.message(int(message_id)).deleted for message_id in sent)
         assert forget.responses[0].ephemeral
-        assert await app.engine.store.user(user_id) is None
+        assert await app.engine.is_known(user_id) is False
 
 
 async def test_guild_command_hands_off_to_dm(fake: FakeDiscord, tmp_path: Path) -> None:

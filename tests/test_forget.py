@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import retention, worker
-from engine.store import Clock
+from engine import worker
+from engine.clock import Clock
 from engine.vault import KeyMissing, Vault, load_or_create_master_key
 from tests.retention_fixtures import (
     HOUR,
@@ -79,7 +79,7 @@ async def test_forget_after_the_whole_flow_leaves_nothing(bot):
     for row in await engine.store.fetchall("SELECT id, fingerprint FROM photos WHERE user_id=?", (alice.id,)):
         needles += slices(row["fingerprint"])  # sealed, in the database
         needles += slices(engine.vault.open(alice.id, "fingerprint", row["id"], row["fingerprint"]))
-    needles += slices((await engine.store.user(alice.id))["chat"])
+    needles += slices((await engine.tables.users.get(alice.id))["chat"])
     for photo_id, crop in await engine.photos(alice.id):
         needles += slices(crop) + slices((bot.data_dir / "blobs" / alice.id / f"{photo_id}.bin").read_bytes())
     for data in same_person_photos():
@@ -180,7 +180,7 @@ async def test_forget_after_everything_expired_and_twice_in_a_row(bot):
     alice = bot.user("2003")
     await bot.full_flow(alice)
     bot.clock.advance(8 * 24 * HOUR)
-    counts = await retention.run_due(bot.engine, bot.app.delete_message)
+    counts = await bot.engine.retention.run_due(bot.app.delete_message)
     assert counts["adapter"] == 1 and counts["message"] == 2
     assert bot.blob_files(alice) == set()
 
@@ -206,7 +206,7 @@ async def test_withdrawal_is_one_command_and_one_button(bot):
     reply = await bot.send_photos(alice, same_person_photos()[1:2])
     assert alice.downloads == [0]  # the new photo was not downloaded
     assert "consent" in reply.text and any(b.data == "consent:yes" for row in reply.buttons for b in row)
-    assert await bot.engine.store.user(alice.id) is None
+    assert await bot.engine.is_known(alice.id) is False
 
 
 async def test_mydata_sends_a_summary_and_the_photos_from_memory(bot):

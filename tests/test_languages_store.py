@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from bot.texts import Texts
+from engine.db.sqlite.migrations import MIGRATIONS
 from engine.facade import Engine
-from engine.store import MIGRATIONS
 from tests.tiny_settings import tiny_settings
 
 CHAT = {"chat_id": "1", "user_id": "1"}
@@ -38,13 +38,13 @@ async def test_the_choice_lives_in_the_users_row_and_goes_with_forget(tmp_path: 
         user = engine.pseudonym("discord", 7)
         assert (await engine.language_preference(user)).known is False
         await engine.report_language(user, "de")  # an unknown user: nothing is stored
-        assert await engine.store.user(user) is None
+        assert await engine.is_known(user) is False
         await engine.choose_language(user, "discord", "uk")
         await engine.report_language(user, "de")
         preference = await engine.language_preference(user)
         assert (preference.chosen, preference.reported, preference.known) == ("uk", "de", True)
         await engine.forget(user)
-        assert await engine.store.user(user) is None
+        assert await engine.is_known(user) is False
         assert (await engine.language_preference(user)).chosen is None
     finally:
         await engine.close()

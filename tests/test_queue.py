@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
+from engine.clock import FakeClock
+from engine.db import Tables
+from engine.db.sqlite import SqliteDatabase as Store
 from engine.queue import DEFAULT_DURATIONS, Job, JobQueue
-from engine.store import FakeClock, Store
 
 LEASE = 60.0
 BACKOFF = 10.0
@@ -17,7 +19,7 @@ ALICE, BOB, CAROL, DAVE = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 @pytest.fixture
 async def queue(store: Store) -> JobQueue:
     for user in (ALICE, BOB, CAROL, DAVE):
-        await store.ensure_user(user, "telegram", None)
+        await Tables(store).users.ensure(user, "telegram", None)
     return JobQueue(store, lease_seconds=LEASE, max_attempts=3, backoff_seconds=BACKOFF)
 
 

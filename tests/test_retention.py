@@ -1,6 +1,6 @@
 """Every deletion deadline fires, deletes exactly its artifact, survives restarts, and matches the policy text.
 
-Time is moved with a FakeClock and `engine.retention.run_due`; one test uses the real clock and
+Time is moved with a FakeClock and `Engine.retention.run_due`; one test uses the real clock and
 APScheduler. Jobs run on the tiny model with `Worker.run_once()`.
 """
 
@@ -12,10 +12,9 @@ import time
 import pytest
 
 from bot.texts import Texts
-from engine import retention
+from engine.clock import Clock, FakeClock
 from engine.facade import Engine
 from engine.retention import RetentionScheduler
-from engine.store import Clock, FakeClock
 from tests.retention_fixtures import HOUR, Harness, make_settings, same_person_photos, wait_for
 
 RETENTION = {
@@ -35,7 +34,7 @@ async def bot(tmp_path):
 
 
 async def run_due(bot: Harness) -> dict[str, int]:
-    return await retention.run_due(bot.engine, bot.app.delete_message)
+    return await bot.engine.retention.run_due(bot.app.delete_message)
 
 
 async def test_photos_expire_at_their_deadline_when_training_never_succeeds(bot):
@@ -243,7 +242,9 @@ async def test_overdue_deadlines_are_kept_before_anything_else_after_a_restart(t
 async def test_a_future_deadline_is_scheduled_and_fires(tmp_path):
     settings = make_settings(tmp_path, LIKENESS_RETENTION_PHOTOS="3s")
     bot = await Harness.open(settings, Clock())
-    scheduler = RetentionScheduler(bot.engine, bot.app.delete_message)
+    scheduler = RetentionScheduler(
+        bot.engine.retention, settings.retention.sweep_interval, bot.app.delete_message
+    )
     try:
         alice = bot.user("1001")
         await bot.onboard(alice, same_person_photos()[:1])
@@ -317,18 +318,18 @@ async def test_a_failing_message_delete_does_not_hold_up_other_deadlines(tmp_pat
     clock = FakeClock()
     engine = await Engine.open(make_settings(tmp_path), clock)
     try:
-        await engine.store.ensure_user("aa11", "telegram", None)
+        await engine.tables.users.ensure("aa11", "telegram", None)
         await engine.record_message("aa11", "42", "result")
         message = await engine.store.fetchone("SELECT id FROM sent_messages")
-        await retention.set_deadline(engine.store, "aa11", "message", message["id"], clock.now() + 1)
+        await engine.retention.set_deadline("aa11", "message", message["id"], clock.now() + 1)
         job_id = await engine.queue.enqueue("aa11", "train")
-        await retention.set_deadline(engine.store, "aa11", "job", job_id, clock.now() + 1)
+        await engine.retention.set_deadline("aa11", "job", job_id, clock.now() + 1)
         clock.advance(2)
 
         async def platform_down(user_id: str, row_id: str) -> bool:
             raise ConnectionError("the platform is unreachable")
 
-        assert await retention.run_due(engine, platform_down) == {"job": 1}
+        assert await engine.retention.run_due(platform_down) == {"job": 1}
         assert (await engine.queue.get(job_id)).state == "cancelled"
         kept = await engine.store.fetchone("SELECT 1 FROM deadlines WHERE kind='message'")
         assert kept is not None  # tried again at the next run

@@ -1,4 +1,4 @@
-"""Store: migrations, pragmas, total erasure of one user, secure deletion, transactions across tasks."""
+"""The SQLite database and its repositories: migrations, pragmas, total erasure of one user, secure deletion, transactions across tasks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import engine.store as store_module
-from engine.store import MIGRATIONS, USER_TABLES, FakeClock, Store
+import engine.db.sqlite.migrations as store_module
+from engine.clock import FakeClock
+from engine.db import USER_TABLES, Tables
+from engine.db.sqlite import SqliteDatabase as Store
+from engine.db.sqlite.migrations import MIGRATIONS
 
 ALICE, BOB = "a" * 32, "b" * 32
 
@@ -111,13 +114,13 @@ async def test_user_tables_cover_every_table_with_a_user(store: Store) -> None:
 
 
 async def test_ensure_user(store: Store, fake_clock: FakeClock) -> None:
-    assert await store.ensure_user(ALICE, "telegram", b"sealed-chat") is True
+    assert await Tables(store).users.ensure(ALICE, "telegram", b"sealed-chat") is True
     fake_clock.advance(60)
-    assert await store.ensure_user(ALICE, "telegram", None) is False
-    user = await store.user(ALICE)
+    assert await Tables(store).users.ensure(ALICE, "telegram", None) is False
+    user = await Tables(store).users.get(ALICE)
     assert user["chat"] == b"sealed-chat"  # None keeps the known address
     assert user["last_active_at"] == user["created_at"] + 60
-    assert await store.user(BOB) is None
+    assert await Tables(store).users.get(BOB) is None
 
 
 async def test_erase_user_deletes_every_row_of_that_user_only(store: Store) -> None:
@@ -126,23 +129,23 @@ async def test_erase_user_deletes_every_row_of_that_user_only(store: Store) -> N
     for table in USER_TABLES:
         assert await count(store, table, ALICE) == 1
 
-    counts = await store.erase_user(ALICE)
+    counts = await Tables(store).users.erase(ALICE)
 
     assert counts == dict.fromkeys(USER_TABLES, 1)
     for table in USER_TABLES:
         assert await count(store, table, ALICE) == 0, table
         assert await count(store, table, BOB) == 1, table
-    assert await store.erase_user(ALICE) == dict.fromkeys(USER_TABLES, 0)  # idempotent
+    assert await Tables(store).users.erase(ALICE) == dict.fromkeys(USER_TABLES, 0)  # idempotent
 
 
 async def test_erased_rows_are_overwritten_on_disk(data_dir: Path, store: Store) -> None:
     database, wal = data_dir / "likeness.sqlite3", data_dir / "likeness.sqlite3-wal"
     for user in (ALICE, BOB):
         await insert_everywhere(store, user)
-    await store.checkpoint()
+    await store.compact()
     assert marker(ALICE).encode() in database.read_bytes()  # the scan below can fail
 
-    await store.erase_user(ALICE)  # checkpoints itself
+    await Tables(store).users.erase(ALICE)  # checkpoints itself
 
     assert not wal.exists() or wal.stat().st_size == 0
     content = database.read_bytes()
@@ -210,7 +213,7 @@ async def test_nested_transaction_joins_the_outer_one(store: Store) -> None:
 
 
 async def test_audit_records_what_not_whom(store: Store, fake_clock: FakeClock) -> None:
-    await store.audit("erase", photos=3, adapters=1)
+    await Tables(store).audit.add("erase", photos=3, adapters=1)
     row = await store.fetchone("SELECT * FROM audit")
     assert (row["at"], row["action"], row["detail"]) == (
         fake_clock.now(),

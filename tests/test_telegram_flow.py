@@ -222,7 +222,7 @@ async def test_a_forged_cancel_for_another_users_job_is_refused(world: World) ->
 async def test_garbage_callback_data_expires_and_changes_nothing(world: World) -> None:
     assert world.garbage_reply.text == "That button has expired."
     bob = world.app.engine.pseudonym("telegram", BOB)
-    assert await world.app.engine.store.user(bob) is None
+    assert await world.app.engine.is_known(bob) is False
     assert [m.text for m in world.fake.messages(BOB)] == [world.garbage_reply.text]
 
 
@@ -360,5 +360,5 @@ async def test_forget_deletes_everything_and_the_delivered_messages(world: World
     assert documents(fake, ALICE) == []
     assert (ALICE, world.queued.message_id) in fake.deleted  # the progress message too
     assert f"• chat messages: {sum(chat == ALICE for chat, _ in fake.deleted)}" in receipt.text
-    assert await engine.store.user(user_id) is None
+    assert await engine.is_known(user_id) is False
     assert await engine.messages(user_id) == []

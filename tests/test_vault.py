@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import engine.vault as vault_module
-from engine.store import Store
+from engine.db import Tables
+from engine.db.sqlite import SqliteDatabase as Store
 from engine.vault import (
     BlobCorrupt,
     KeyMissing,
@@ -209,7 +210,7 @@ async def test_keys_never_leave_the_key_store(data_dir: Path, master_key: bytes,
     """A backup of blobs + main database alone holds neither a data key nor the master key."""
     vault.put(OWNER, "photo", "p1", payload(5000))
     store = await Store.open(data_dir / "likeness.sqlite3")
-    await store.ensure_user(OWNER, "telegram", vault.seal(OWNER, "chat", OWNER, b"chat 12345"))
+    await Tables(store).users.ensure(OWNER, "telegram", vault.seal(OWNER, "chat", OWNER, b"chat 12345"))
     await store.close()
     secrets_ = [master_key, vault.keys.data_key(OWNER), wrapped_key(data_dir, OWNER)]
     backup = files_outside_keys(data_dir)

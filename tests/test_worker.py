@@ -26,9 +26,9 @@ import pytest
 import transformers
 
 import engine.ml.train as ml_train
+from engine.clock import FakeClock
 from engine.facade import Engine
 from engine.settings import load_settings
-from engine.store import FakeClock
 from engine.worker import JobLost, Models, Worker, _Progress
 from tests import faces_data as fd
 
