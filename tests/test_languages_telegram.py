@@ -135,7 +135,7 @@ async def test_status_is_spanish_with_spanish_dates_and_schedule(world: World) -
     when = world.es.when(world.consent_record["given_at"])
     assert f"• Consentimiento: dado el {when} UTC" in world.status.text
     assert world.es.schedule("telegram") in world.status.text
-    assert "• Modelo: 1 modelo, se borra el " in world.status.text
+    assert "• Modelo: 1 modelo, eliminación el " in world.status.text
 
 
 async def test_the_forget_receipt_is_spanish(world: World) -> None:
