@@ -40,13 +40,15 @@ async def run_worker(settings: Settings) -> None:
 
 def rotate_master_key(settings: Settings) -> int:
     """Re-wrap every data key under a fresh master key; the old key is not needed afterwards."""
-    from engine.vault import KeyStore, encode_master_key, load_or_create_master_key, new_master_key
+    from engine.vault import encode_master_key, load_or_create_master_key, new_master_key, open_vault
 
     old = load_or_create_master_key(settings.master_key, settings.data_dir)
     new = new_master_key()
-    keys = KeyStore(settings.data_dir / "keys" / "keys.sqlite3", old)
-    count = keys.rotate(new)
-    keys.close()
+    vault = open_vault(settings, old)
+    try:
+        count = vault.keys.rotate(new)
+    finally:
+        vault.close()
     if settings.master_key:
         print(f"Re-wrapped {count} data keys. Set LIKENESS_MASTER_KEY to this new key before the next start:")
         print(encode_master_key(new))

@@ -24,7 +24,7 @@ from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
 from engine.retention import MessageDeleter, Retention, message_cap
 from engine.settings import Settings
-from engine.vault import Pseudonymizer, Vault, load_or_create_master_key
+from engine.vault import Pseudonymizer, Vault, load_or_create_master_key, open_vault
 
 # What callers outside the engine may use of the engine's types: they come from here.
 __all__ = [
@@ -146,8 +146,12 @@ class Engine:
     async def open(cls, settings: Settings, clock: Clock | None = None) -> Engine:
         data_dir = settings.data_dir
         master = load_or_create_master_key(settings.master_key, data_dir)
-        vault = Vault(data_dir, master)
-        store = await open_database(data_dir, clock)
+        vault = open_vault(settings, master)
+        try:
+            store = await open_database(settings, clock)
+        except BaseException:
+            vault.close()
+            raise
         return cls(settings, store, vault, load_presets(settings.engine.presets_path))
 
     async def close(self) -> None:

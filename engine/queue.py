@@ -76,7 +76,12 @@ class JobQueue:
             self.sql.JOB_INSERT,
             (job_id, user_id, kind, json.dumps(payload or {}), self.max_attempts, now, now),
         )
+        await self.db.notify_jobs()
         return job_id
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """An idle worker's pause: woken early where the backend can tell that a job was queued."""
+        await self.db.wait_for_jobs(timeout)
 
     async def get(self, job_id: str) -> Job | None:
         row = await self.db.fetchone(self.sql.JOB_GET, (job_id,))
@@ -86,12 +91,14 @@ class JobQueue:
         rows = await self.db.fetchall(self.sql.JOB_ACTIVE_OF_USER, (user_id,))
         return [Job.from_row(row) for row in rows]
 
-    async def claim(self, worker: str) -> Job | None:
-        """Take the next job (queued, or running with an expired lease) and lease it to `worker`."""
+    async def claim(self, worker: str, kinds: tuple[str, ...] = ()) -> Job | None:
+        """Take the next job (queued, or running with an expired lease) and lease it to `worker`.
+        `kinds`: only jobs of these kinds (empty: any kind)."""
+        wanted = "," + ",".join(kinds) + "," if kinds else "*"
         while True:
             now = self.db.clock.now()
             async with self.db.transaction():
-                row = await self.db.fetchone(self.sql.JOB_NEXT, {"now": now})
+                row = await self.db.fetchone(self.sql.JOB_NEXT, {"now": now, "kinds": wanted})
                 if row is None:
                     return None
                 if row["state"] == "running" and row["attempts"] >= row["max_attempts"]:

@@ -69,7 +69,14 @@ class Retention:
         return True
 
     async def run_due(self, delete_message: MessageDeleter | None = None) -> dict[str, int]:
-        """Delete everything whose deadline has passed; returns counts per kind."""
+        """Delete everything whose deadline has passed; returns counts per kind. One process at a time
+        (a shared database): a process that finds another one running skips this round."""
+        async with self.tables.db.exclusive("retention") as mine:
+            if not mine:
+                return {}
+            return await self._run_due(delete_message)
+
+    async def _run_due(self, delete_message: MessageDeleter | None) -> dict[str, int]:
         counts: dict[str, int] = {}
         for row in await self.tables.deadlines.due(self.tables.db.clock.now()):
             try:

@@ -72,6 +72,7 @@ class EngineSettings:
     device: str
     dtype: str
     embedded_worker: bool
+    kinds: str
     train_steps: int
     images_per_request: int
     adapter_cache: int
@@ -79,6 +80,13 @@ class EngineSettings:
     max_attempts: int
     poll_interval: Duration
     presets: str
+
+    @property
+    def job_kinds(self) -> tuple[str, ...]:
+        """The job kinds this worker takes; empty means all."""
+        if self.kinds.strip().lower() == "all":
+            return ()
+        return tuple(kind.strip() for kind in self.kinds.split(",") if kind.strip())
 
     @property
     def presets_path(self) -> Path:
@@ -121,6 +129,9 @@ class Settings:
     master_key: str
     log_level: str
     operator_contact: str
+    database_url: str
+    keystore_url: str
+    blobs_url: str
     telegram: TelegramSettings
     discord: DiscordSettings
     engine: EngineSettings
@@ -236,6 +247,50 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"setting {url_name}: expected an http(s) URL, got {url!r}")
 
 
+JOB_KINDS = ("train", "generate")
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _same_database(a: str, b: str) -> bool:
+    """Two database URLs that name the same database (host, port and database name alike)."""
+    from urllib.parse import urlsplit
+
+    def key(url: str) -> tuple[str, int, str]:
+        parts = urlsplit(url)
+        return ((parts.hostname or "localhost").lower(), parts.port or 5432, parts.path.strip("/"))
+
+    return key(a) == key(b)
+
+
+def _validate_scale_out(settings: Settings) -> None:
+    """The settings for running beyond one machine (database, key store, blobs, worker kinds)."""
+    if settings.database_url and not settings.database_url.startswith(DATABASE_SCHEMES):
+        raise SettingsError("setting LIKENESS_DATABASE_URL: expected a postgresql:// URL (or empty)")
+    if settings.keystore_url and not settings.keystore_url.startswith(DATABASE_SCHEMES):
+        raise SettingsError("setting LIKENESS_KEYSTORE_URL: expected a postgresql:// URL (or empty)")
+    if settings.database_url and not settings.keystore_url:
+        raise SettingsError(
+            "setting LIKENESS_KEYSTORE_URL: required with LIKENESS_DATABASE_URL (a different database, so "
+            "that a backup of the main database never holds keys)"
+        )
+    if settings.database_url and _same_database(settings.database_url, settings.keystore_url):
+        raise SettingsError(
+            "setting LIKENESS_KEYSTORE_URL: must name a different database than LIKENESS_DATABASE_URL, so "
+            "that a backup of the main database never holds keys"
+        )
+    if settings.blobs_url and not re.match(
+        r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", settings.blobs_url
+    ):
+        raise SettingsError(
+            "setting LIKENESS_BLOBS_URL: expected s3://bucket or s3://bucket/prefix (or empty)"
+        )
+    unknown = [kind for kind in settings.engine.job_kinds if kind not in JOB_KINDS]
+    if unknown:
+        raise SettingsError(
+            f"setting LIKENESS_ENGINE_KINDS: unknown job kind {unknown[0]!r} (use all or {', '.join(JOB_KINDS)})"
+        )
+
+
 def load_settings(env: dict[str, str] | None = None, defaults_file: Path = DEFAULTS_FILE) -> Settings:
     """Read the defaults, then `.env` in the working directory, then the environment (which wins)."""
     if env is None:
@@ -249,4 +304,5 @@ def load_settings(env: dict[str, str] | None = None, defaults_file: Path = DEFAU
         raise SettingsError(f"settings file {defaults_file}: {error}") from None
     settings = _build(Settings, table, env, None)
     _validate(settings)
+    _validate_scale_out(settings)
     return settings

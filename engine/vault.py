@@ -17,16 +17,19 @@ import hmac
 import logging
 import os
 import secrets
-import sqlite3
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from engine.blobs import BlobStore, LocalBlobs
 from engine.errors import VaultError
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -93,35 +96,27 @@ def key_id(master_key: bytes) -> str:
     return hashlib.sha256(b"likeness key id" + master_key).hexdigest()[:16]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class KeyTable(Protocol):
+    """Where wrapped data keys are stored (engine/db/<backend>/keystore.py)."""
+
+    def any_key_id(self) -> str | None: ...
+    def get(self, owner: str) -> bytes | None: ...
+    def insert(self, owner: str, wrapped: bytes, key_id: str) -> None: ...
+    def delete(self, owner: str) -> bool: ...
+    def all(self) -> list[tuple[str, bytes]]: ...
+    def replace_all(self, rows: list[tuple[str, bytes, str]]) -> None: ...
+    def close(self) -> None: ...
 
 
 class KeyStore:
-    """Wrapped data keys in their own SQLite file. Thread-safe; every call is short."""
+    """Per-owner data keys, stored only wrapped by the master key, in a `KeyTable` of their own."""
 
-    def __init__(self, path: Path, master_key: bytes):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # No WAL here: with secure_delete and a rollback journal a shredded key is overwritten in place.
-        self._db.execute("PRAGMA journal_mode=DELETE")
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS data_keys (owner TEXT PRIMARY KEY, wrapped BLOB NOT NULL, "
-            "key_id TEXT NOT NULL)"
-        )
+    def __init__(self, table: KeyTable, master_key: bytes):
+        self.table = table
         self._master = master_key
-        self._check_master()
-
-    def _check_master(self) -> None:
-        row = self._db.execute("SELECT key_id FROM data_keys LIMIT 1").fetchone()
-        if row and row[0] != key_id(self._master):
+        stored = table.any_key_id()
+        if stored is not None and stored != key_id(master_key):
+            table.close()
             raise MasterKeyError(
                 "the master key does not match the key store (wrong LIKENESS_MASTER_KEY or master.key?)"
             )
@@ -142,53 +137,41 @@ class KeyStore:
 
     def data_key(self, owner: str, create: bool = False) -> bytes:
         """The owner's data key; created when `create` is set, else KeyMissing if there is none."""
-        with self._lock:
-            row = self._db.execute("SELECT wrapped FROM data_keys WHERE owner=?", (owner,)).fetchone()
-            if row:
-                return self._unwrap(self._master, owner, row[0])
+        wrapped = self.table.get(owner)
+        if wrapped is None:
             if not create:
                 raise KeyMissing("no data key for this owner (erased or never stored)")
-            data_key = secrets.token_bytes(32)
-            self._db.execute(
-                "INSERT INTO data_keys(owner, wrapped, key_id) VALUES (?,?,?)",
-                (owner, self._wrap(self._master, owner, data_key), key_id(self._master)),
+            self.table.insert(
+                owner, self._wrap(self._master, owner, secrets.token_bytes(32)), key_id(self._master)
             )
-            return data_key
+            wrapped = self.table.get(owner)  # the winner's key, if another process created one at once
+            if wrapped is None:
+                raise KeyMissing("the data key was destroyed while it was being created")
+        return self._unwrap(self._master, owner, wrapped)
 
     def has_key(self, owner: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM data_keys WHERE owner=?", (owner,)).fetchone() is not None
+        return self.table.get(owner) is not None
 
     def shred(self, owner: str) -> bool:
-        """Destroy the owner's data key (overwritten on disk by secure_delete). True if one existed."""
-        with self._lock:
-            deleted = self._db.execute("DELETE FROM data_keys WHERE owner=?", (owner,)).rowcount
-            self._db.execute("VACUUM")
-            return deleted > 0
+        """Destroy the owner's data key (no copy left in the key store). True if one existed."""
+        return self.table.delete(owner)
 
     def rotate(self, new_master: bytes) -> int:
         """Re-wrap every data key under `new_master` in one transaction; returns how many."""
-        with self._lock:
-            rows = self._db.execute("SELECT owner, wrapped FROM data_keys").fetchall()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for owner, wrapped in rows:
-                    data_key = self._unwrap(self._master, owner, wrapped)
-                    self._db.execute(
-                        "UPDATE data_keys SET wrapped=?, key_id=? WHERE owner=?",
-                        (self._wrap(new_master, owner, data_key), key_id(new_master), owner),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("VACUUM")
-            self._master = new_master
-            return len(rows)
+        rows = [
+            (
+                owner,
+                self._wrap(new_master, owner, self._unwrap(self._master, owner, wrapped)),
+                key_id(new_master),
+            )
+            for owner, wrapped in self.table.all()
+        ]
+        self.table.replace_all(rows)
+        self._master = new_master
+        return len(rows)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.table.close()
 
 
 def _chunks(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
@@ -243,35 +226,43 @@ def decrypt(data_key: bytes, owner: str, kind: str, blob_id: str, blob: bytes) -
 
 
 class Vault:
-    """Encrypted blobs on disk (`blobs/`), keyed per owner through the `KeyStore`."""
+    """Encrypted blobs in a `BlobStore` (the `blobs/` folder by default), keyed per owner through the
+    `KeyStore` (`keys/keys.sqlite3` by default). Only ciphertext ever reaches either."""
 
-    def __init__(self, data_dir: Path, master_key: bytes):
-        self.blob_dir = data_dir / "blobs"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.keys = KeyStore(data_dir / "keys" / "keys.sqlite3", master_key)
+    def __init__(
+        self,
+        data_dir: Path,
+        master_key: bytes,
+        *,
+        blobs: BlobStore | None = None,
+        key_table: KeyTable | None = None,
+    ):
+        from engine.db.sqlite.keystore import SqliteKeyTable
 
-    def _path(self, owner: str, blob_id: str) -> Path:
+        self.blobs = blobs if blobs is not None else LocalBlobs(data_dir / "blobs")
+        self.keys = KeyStore(key_table or SqliteKeyTable(data_dir / "keys" / "keys.sqlite3"), master_key)
+
+    @property
+    def blob_dir(self) -> Path:
+        """The local blob folder (only with the default local store)."""
+        return self.blobs.root  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _check(owner: str, blob_id: str) -> None:
         if not blob_id.isalnum() or not owner.replace("~", "").isalnum():
             raise VaultError("blob ids and owners must be alphanumeric")
-        return self.blob_dir / owner / f"{blob_id}.bin"
 
     def put(self, owner: str, kind: str, blob_id: str, plaintext: bytes) -> int:
-        """Encrypt and store atomically (temp file + fsync + rename). Returns the stored size."""
+        """Encrypt and store atomically. Returns the stored size."""
+        self._check(owner, blob_id)
         sealed = encrypt(self.keys.data_key(owner, create=True), owner, kind, blob_id, plaintext)
-        path = self._path(owner, blob_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        with open(temp, "wb") as handle:  # only ciphertext is ever written
-            handle.write(sealed)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        _fsync_dir(path.parent)
+        self.blobs.write(owner, blob_id, sealed)  # only ciphertext is ever written
         return len(sealed)
 
     def get(self, owner: str, kind: str, blob_id: str) -> bytes:
         """Read and decrypt a blob; raises KeyMissing, BlobCorrupt or FileNotFoundError."""
-        sealed = self._path(owner, blob_id).read_bytes()
+        self._check(owner, blob_id)
+        sealed = self.blobs.read(owner, blob_id)
         return decrypt(self.keys.data_key(owner), owner, kind, blob_id, sealed)
 
     def seal(self, owner: str, kind: str, item_id: str, plaintext: bytes) -> bytes:
@@ -282,27 +273,34 @@ class Vault:
         return decrypt(self.keys.data_key(owner), owner, kind, item_id, sealed)
 
     def delete(self, owner: str, blob_id: str) -> bool:
-        """Delete one blob file; True if it existed. Idempotent."""
-        try:
-            self._path(owner, blob_id).unlink()
-            return True
-        except FileNotFoundError:
-            return False
+        """Delete one blob; True if it existed. Idempotent."""
+        self._check(owner, blob_id)
+        return self.blobs.delete(owner, blob_id)
 
     def erase_owner(self, owner: str) -> int:
-        """Shred the owner's data key, then delete all their blob files. Returns files deleted."""
+        """Shred the owner's data key, then delete all their blobs. Returns blobs deleted."""
         self.keys.shred(owner)
-        folder = self.blob_dir / owner
-        removed = 0
-        if folder.is_dir():
-            for path in folder.iterdir():
-                path.unlink(missing_ok=True)
-                removed += 1
-            folder.rmdir()
-        return removed
+        return self.blobs.delete_owner(owner)
 
     def close(self) -> None:
         self.keys.close()
+
+
+def open_vault(settings: Settings, master_key: bytes) -> Vault:
+    """The vault of this deployment: blobs and key store as configured (local by default)."""
+    from engine.blobs import open_blobs
+
+    key_table: KeyTable | None = None
+    if settings.keystore_url:
+        from engine.db.postgres.keystore import PostgresKeyTable
+
+        key_table = PostgresKeyTable(settings.keystore_url)
+    return Vault(
+        settings.data_dir,
+        master_key,
+        blobs=open_blobs(settings.blobs_url, settings.data_dir),
+        key_table=key_table,
+    )
 
 
 class Pseudonymizer:

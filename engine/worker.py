@@ -8,7 +8,6 @@ the transaction that writes results the worker checks that its attempt still own
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import os
@@ -82,15 +81,30 @@ class Worker:
         if self.models is None:
             self.models = await asyncio.to_thread(Models, self.engine)
         poll = self.engine.settings.engine.poll_interval
-        log.info("worker %s ready", self.name)
+        log.info("worker %s ready (kinds: %s)", self.name, ", ".join(self.kinds) or "all")
         while not self._stopping.is_set():
             await self.drop_erased_adapters()
-            job = await self.engine.queue.claim(self.name)
+            job = await self.engine.queue.claim(self.name, self.kinds)
             if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=poll)
+                await self._idle(poll)
                 continue
             await self.run_job(job)
+
+    async def _idle(self, poll: float) -> None:
+        """Wait for new work (woken by the database where it can tell), or until stopped."""
+        waiters = {
+            asyncio.create_task(self.engine.queue.wait_for_work(poll)),
+            asyncio.create_task(self._stopping.wait()),
+        }
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The job kinds this worker takes (LIKENESS_ENGINE_KINDS); empty: all."""
+        return self.engine.settings.engine.job_kinds
 
     async def drop_erased_adapters(self) -> None:
         """Unload the adapters of users erased since they were loaded (also by another process)."""
@@ -102,7 +116,7 @@ class Worker:
         """Claim and run one job if there is one (tests and benchmarks)."""
         if self.models is None:
             self.models = await asyncio.to_thread(Models, self.engine)
-        job = await self.engine.queue.claim(self.name)
+        job = await self.engine.queue.claim(self.name, self.kinds)
         if job is None:
             return False
         await self.run_job(job)

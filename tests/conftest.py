@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine.clock import FakeClock
+from engine.db import Database
 from engine.db.sqlite import SqliteDatabase as Store
-from engine.vault import Vault, new_master_key
+from engine.vault import Vault, encode_master_key, new_master_key
+from tests.postgres_server import PostgresServer, running_server
 
 
 @pytest.fixture
@@ -42,3 +44,49 @@ def vault(data_dir: Path, master_key: bytes) -> Iterator[Vault]:
     vault = Vault(data_dir, master_key)
     yield vault
     vault.close()
+
+
+# -- both storage backends --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL cluster for the whole run (started on first use)."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(
+    request: pytest.FixtureRequest, data_dir: Path, fake_clock: FakeClock
+) -> AsyncIterator[Database]:
+    """An empty, migrated database on each backend."""
+    if request.param == "sqlite":
+        database: Database = await Store.open(data_dir / "likeness.sqlite3", fake_clock)
+    else:
+        from engine.db.postgres.connection import PostgresDatabase
+
+        server = request.getfixturevalue("postgres_server")
+        database = await PostgresDatabase.open(server.url(server.new_database()), fake_clock)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """`LIKENESS_*` settings that put rows and keys on each backend (empty: the embedded default)."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("postgres_server")
+    return {
+        "LIKENESS_DATABASE_URL": server.url(server.new_database()),
+        "LIKENESS_KEYSTORE_URL": server.url(server.new_database()),
+        "LIKENESS_MASTER_KEY": encode_master_key(new_master_key()),
+    }
+
+
+@pytest.fixture
+def on_every_backend(backend_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pytestmark = pytest.mark.usefixtures("on_every_backend")` runs a module's whole-product tests on
+    SQLite and on PostgreSQL (through `tests.retention_fixtures.make_settings`)."""
+    from tests import retention_fixtures
+
+    monkeypatch.setattr(retention_fixtures, "BACKEND_ENV", backend_env)

@@ -34,8 +34,12 @@ RETENTION_ENV = {  # the watermark is not what these tests are about, and it cos
 }
 
 
+# Where rows and keys go: set per test by the `on_every_backend` fixture (empty: SQLite in the data dir).
+BACKEND_ENV: dict[str, str] = {}
+
+
 def make_settings(data_dir: Path, **env: str) -> Settings:
-    return tiny_settings(data_dir, **{**RETENTION_ENV, **env})
+    return tiny_settings(data_dir, **{**RETENTION_ENV, **BACKEND_ENV, **env})
 
 
 @functools.cache

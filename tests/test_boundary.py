@@ -44,3 +44,15 @@ def test_the_patterns_catch_what_they_are_for() -> None:
     assert SQL.search("INSERT OR IGNORE INTO users")
     assert INTERNALS.search("from engine.queue import JobQueue")
     assert not SQL.search("Select a style below")
+
+
+def test_every_backend_names_the_same_statements() -> None:
+    """A statement added for one backend only would fail at run time on the other."""
+    from engine.db.postgres import queries as postgres
+    from engine.db.sqlite import queries as sqlite
+
+    def names(module: object) -> set[str]:
+        return {name for name in vars(module) if name.isupper()}
+
+    assert names(sqlite) <= names(postgres)
+    assert names(postgres) - names(sqlite) <= {"NOTIFY_JOBS"}  # PostgreSQL's wake-up, a no-op elsewhere

@@ -33,6 +33,9 @@ from tests.retention_fixtures import (
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
+pytestmark = pytest.mark.usefixtures("on_every_backend")
+
+
 @pytest.fixture
 async def bot(tmp_path):
     harness = await Harness.open(make_settings(tmp_path / "data", LIKENESS_RETENTION_MESSAGES="72h"))

@@ -1,5 +1,5 @@
 """The language is stored with the user's pseudonymous row and consent records the language agreed to:
-a real SQLite file through the engine facade, and the upgrade of a database from before languages."""
+through the engine facade on SQLite and PostgreSQL, and the upgrade of a SQLite file from before languages."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from tests.tiny_settings import tiny_settings
 CHAT = {"chat_id": "1", "user_id": "1"}
 
 
-async def test_consent_is_per_language_and_a_change_asks_only_that_language_again(tmp_path: Path) -> None:
-    engine = await Engine.open(tiny_settings(tmp_path))
+async def test_consent_is_per_language_and_a_change_asks_only_that_language_again(
+    tmp_path: Path, backend_env: dict[str, str]
+) -> None:
+    engine = await Engine.open(tiny_settings(tmp_path, **backend_env))
     try:
         ana, bea = engine.pseudonym("telegram", 1), engine.pseudonym("telegram", 2)
         await engine.give_consent(ana, "telegram", CHAT, "es-1", "Las fotos son mías.", language="es")
@@ -32,8 +34,10 @@ async def test_consent_is_per_language_and_a_change_asks_only_that_language_agai
         await engine.close()
 
 
-async def test_the_choice_lives_in_the_users_row_and_goes_with_forget(tmp_path: Path) -> None:
-    engine = await Engine.open(tiny_settings(tmp_path))
+async def test_the_choice_lives_in_the_users_row_and_goes_with_forget(
+    tmp_path: Path, backend_env: dict[str, str]
+) -> None:
+    engine = await Engine.open(tiny_settings(tmp_path, **backend_env))
     try:
         user = engine.pseudonym("discord", 7)
         assert (await engine.language_preference(user)).known is False
@@ -51,7 +55,7 @@ async def test_the_choice_lives_in_the_users_row_and_goes_with_forget(tmp_path: 
 
 
 async def test_consents_from_before_languages_stay_valid_english_ones(tmp_path: Path) -> None:
-    """A database from before the languages migration: its consents were to the English text."""
+    """A SQLite file from before the languages migration: its consents were to the English text."""
     settings = tiny_settings(tmp_path)
     english = Texts(settings)["en"].policy_version
     path = settings.data_dir / "likeness.sqlite3"

@@ -1,4 +1,4 @@
-"""Job queue: per-user order, fairness between users, leases, retries, cancellation, ETAs."""
+"""Job queue, on every storage backend: per-user order, fairness between users, leases, retries, cancellation, ETAs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from engine.clock import FakeClock
-from engine.db import Tables
-from engine.db.sqlite import SqliteDatabase as Store
+from engine.db import Database, Tables
 from engine.queue import DEFAULT_DURATIONS, Job, JobQueue
 
 LEASE = 60.0
@@ -17,10 +16,11 @@ ALICE, BOB, CAROL, DAVE = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 
 
 @pytest.fixture
-async def queue(store: Store) -> JobQueue:
+async def queue(db: Database) -> JobQueue:
+    """A queue on each storage backend, with four users."""
     for user in (ALICE, BOB, CAROL, DAVE):
-        await Tables(store).users.ensure(user, "telegram", None)
-    return JobQueue(store, lease_seconds=LEASE, max_attempts=3, backoff_seconds=BACKOFF)
+        await Tables(db).users.ensure(user, "telegram", None)
+    return JobQueue(db, lease_seconds=LEASE, max_attempts=3, backoff_seconds=BACKOFF)
 
 
 async def claim(queue: JobQueue, worker: str = "w1") -> Job:

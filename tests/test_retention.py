@@ -26,6 +26,9 @@ RETENTION = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("on_every_backend")
+
+
 @pytest.fixture
 async def bot(tmp_path):
     harness = await Harness.open(make_settings(tmp_path / "data", **RETENTION))

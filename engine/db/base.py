@@ -8,9 +8,10 @@ holds SQL.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import ModuleType
 from typing import Any
 
@@ -66,3 +67,16 @@ class Database:
 
     async def close(self) -> None:
         raise NotImplementedError
+
+    # -- coordination between processes; the embedded default needs none ------------------------------
+    async def notify_jobs(self) -> None:
+        """Tell idle workers elsewhere that a job was queued (a no-op where they poll)."""
+
+    async def wait_for_jobs(self, timeout: float) -> None:
+        """Return when a job may have been queued, at the latest after `timeout` seconds."""
+        await asyncio.sleep(timeout)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Run a block in one process at a time; yields False when another process holds `name`."""
+        yield True

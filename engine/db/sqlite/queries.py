@@ -103,13 +103,15 @@ JOB_INSERT = (
 JOB_GET = "SELECT * FROM jobs WHERE id=?"
 JOB_ACTIVE_OF_USER = "SELECT * FROM jobs WHERE user_id=? AND state IN ('queued','running') ORDER BY rowid"
 # The next job: each user's oldest active job only (one running job per user, in order), queued and due
-# or running with an expired lease; the user served least recently first (round robin).
+# or running with an expired lease, of a kind this worker takes (`:kinds` is ',train,generate,' or '*'); the user
+# served least recently first (round robin).
 JOB_NEXT = """
     SELECT j.* FROM jobs j
     WHERE j.rowid = (SELECT MIN(k.rowid) FROM jobs k
                      WHERE k.user_id = j.user_id AND k.state IN ('queued','running'))
       AND ((j.state = 'queued' AND j.not_before <= :now)
            OR (j.state = 'running' AND j.lease_until < :now))
+      AND (:kinds = '*' OR instr(:kinds, ',' || j.kind || ',') > 0)
     ORDER BY (SELECT COALESCE(MAX(s.started_at), 0) FROM jobs s WHERE s.user_id = j.user_id), j.rowid
     LIMIT 1
 """
