@@ -90,3 +90,36 @@ def on_every_backend(backend_env: dict[str, str], monkeypatch: pytest.MonkeyPatc
     from tests import retention_fixtures
 
     monkeypatch.setattr(retention_fixtures, "BACKEND_ENV", backend_env)
+
+
+# -- S3-compatible object storage ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3 server on 127.0.0.1, with credentials from the standard AWS variables."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import secrets
+
+    import boto3
+
+    for name, value in {
+        "AWS_ENDPOINT_URL_S3": s3_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    name = f"likeness-{secrets.token_hex(4)}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=name)
+    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name

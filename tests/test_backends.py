@@ -134,38 +134,6 @@ def test_master_key_rotation_on_the_postgres_key_store(postgres_server, tmp_path
 
 
 # -- blobs in S3-compatible storage ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's standalone S3 server on 127.0.0.1, with credentials from the standard AWS variables."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_server, monkeypatch) -> str:
-    import secrets
-
-    import boto3
-
-    for name, value in {
-        "AWS_ENDPOINT_URL_S3": s3_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    name = f"likeness-{secrets.token_hex(4)}"
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=name)
-    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    return name
-
-
 def all_versions(bucket: str) -> list[str]:
     import boto3
 
@@ -278,3 +246,21 @@ def test_bot_and_worker_refuse_a_shared_key_store_with_one_line(program: str, tm
 def test_malformed_scale_out_settings_name_the_setting(name: str, value: str, tmp_path) -> None:
     with pytest.raises(SettingsError, match=name):
         tiny_settings(tmp_path, **{name: value})
+
+
+async def test_processes_starting_at_once_migrate_once(postgres_server, tmp_path) -> None:
+    """Several processes opening a new database together (advisory lock on PostgreSQL, the version read
+    inside the write transaction on SQLite): every one starts, the schema is applied once."""
+    from engine.db.postgres.connection import PostgresDatabase
+    from engine.db.sqlite import SqliteDatabase
+
+    url = postgres_server.url(postgres_server.new_database())
+    for opener in (lambda: PostgresDatabase.open(url), lambda: SqliteDatabase.open(tmp_path / "new.sqlite3")):
+        databases = await asyncio.gather(*(opener() for _ in range(4)))
+        for database in databases:
+            assert await Tables(database).users.get(ALICE) is None  # the schema is there
+        await Tables(databases[0]).users.ensure(ALICE, "telegram", None)
+        assert await Tables(databases[-1]).users.get(ALICE) is not None
+        for database in databases:
+            await database.close()
+    assert postgres_server.psql("SELECT COUNT(*) FROM schema_version", url.rsplit("/", 1)[1]) == "1"

@@ -62,19 +62,20 @@ class SqliteDatabase(base.Database):
         await self.db.close()
 
     async def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
-        version = (await (await self.db.execute("PRAGMA user_version")).fetchone())[0]
-        for number, script in enumerate(migrations.MIGRATIONS[version:], start=version + 1):
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
+        """Apply pending migrations; returns the schema version. The version is read inside the write
+        transaction, so processes starting at once on a new data dir apply each migration once."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = (await (await self.db.execute("PRAGMA user_version")).fetchone())[0]
+            for number, script in enumerate(migrations.MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
                         await self.db.execute(statement)
                 await self.db.execute(f"PRAGMA user_version={number}")
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
         return len(migrations.MIGRATIONS)
 
     @asynccontextmanager
