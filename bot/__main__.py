@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        from bot.platforms import platform_settings
+
+        platform_settings(settings)  # a bad platform setting stops here, in one line, like any other
     except SettingsError as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run(args.console))
-    except (NoFrontend, StartupError, VaultError) as error:
+    except (NoFrontend, SettingsError, StartupError, VaultError) as error:
         print(f"likeness: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,5 +1,8 @@
 """Runs everything in one process: the front-ends, the outbox and progress loops, the retention
-scheduler and (by default) an embedded engine worker, all on one event loop sharing one `Engine`."""
+scheduler and (by default) an embedded engine worker, all on one event loop sharing one `Engine`.
+
+The front-ends are one per configured platform (`bot.platforms`), plus the console when asked for.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Any
 from bot.delivery import run_deliveries
 from bot.events import Chat
 from bot.flow import Conversation, run_progress_updates
+from bot.frontend import Frontend
+from bot.platforms import build_frontends, token_names
 from bot.texts import Texts
 from engine.clock import Clock
 from engine.errors import StartupError
@@ -31,7 +36,7 @@ class App:
     engine: Engine
     conversation: Conversation
     background: Background
-    frontends: list[Any] = field(default_factory=list)
+    frontends: list[Frontend] = field(default_factory=list)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -44,30 +49,35 @@ class App:
         with_worker: bool | None = None,
         models: Any = None,
     ) -> App:
-        """`models`: already loaded models for the embedded worker (tests share one between apps)."""
+        """`console`: a front-end built outside (the terminal, a test's recorder); it is given the
+        conversation as `console.conversation`. `models`: already loaded models for the embedded worker
+        (tests share one between apps)."""
         engine = await Engine.open(settings, clock)
-        conversation = Conversation(engine, Texts(settings))
+        try:
+            conversation = Conversation(engine, Texts(settings))
+            frontends = build_frontends(settings, conversation)
+        except BaseException:
+            await engine.close()
+            raise
         embedded = settings.engine.embedded_worker if with_worker is None else with_worker
         app = cls(settings, engine, conversation, Background(engine, with_worker=embedded, models=models))
         if console is not None:
-            app.frontends.append(console)
-            conversation.add_messenger(console)
             console.conversation = conversation
-        if settings.telegram.token:
-            from bot.telegram_bot import TelegramFrontend
-
-            app.frontends.append(TelegramFrontend(settings.telegram, conversation))
-        if settings.discord.token:
-            from bot.discord_bot import DiscordFrontend
-
-            app.frontends.append(DiscordFrontend(settings.discord, conversation))
+            frontends.insert(0, console)
+        for frontend in frontends:
+            app.add_frontend(frontend)
         if not app.frontends:
             await engine.close()
             raise NoFrontend(
-                "no platform token is set: set LIKENESS_TELEGRAM_TOKEN and/or LIKENESS_DISCORD_TOKEN "
+                f"no platform token is set: set {' and/or '.join(token_names())} "
                 "(or run `python -m bot --console` to try it in the terminal)"
             )
         return app
+
+    def add_frontend(self, frontend: Frontend) -> None:
+        """Run `frontend` too; the conversation answers its platform through its messenger."""
+        self.frontends.append(frontend)
+        self.conversation.add_messenger(frontend.messenger)
 
     @property
     def worker(self) -> Any:
@@ -89,9 +99,7 @@ class App:
             try:
                 await frontend.start()
             except Exception as error:
-                raise StartupError(
-                    f"{type(frontend).__name__.removesuffix('Frontend').lower()}: {one_line(error)}"
-                ) from error
+                raise StartupError(f"{frontend.messenger.platform}: {one_line(error)}") from error
         for platform in self.conversation.messengers:
             self.tasks.append(
                 asyncio.create_task(run_deliveries(self.conversation, platform, self.stop_event))

@@ -8,13 +8,14 @@ line.
 from __future__ import annotations
 
 import asyncio
-import logging
+import math
 import os
 import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.events import (
     Button,
@@ -28,7 +29,8 @@ from bot.events import (
     TextMessage,
 )
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from bot.flow import Conversation
 
 CHAT = Chat("console", "console", "console-user", True)
 
@@ -43,6 +45,7 @@ class ConsoleFrontend:
     """Messenger and front-end in one: prints replies, numbers buttons, saves images to `out_dir`."""
 
     platform = "console"
+    message_lifetime = math.inf
 
     def __init__(
         self, out_dir: Path, write: Callable[[str], None] | None = None, language: str | None = None
@@ -53,8 +56,12 @@ class ConsoleFrontend:
         self.buttons: list[Button] = []
         self.next_id = 0
         self.on_quit: Callable[[], None] = lambda: None
-        self.conversation = None
+        self.conversation: Conversation | None = None  # given by the App
         self._reader: asyncio.Task | None = None
+
+    @property
+    def messenger(self) -> ConsoleFrontend:
+        return self
 
     # -- Messenger -------------------------------------------------------------------------------------
     async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
@@ -83,6 +90,9 @@ class ConsoleFrontend:
     async def acknowledge(self, event: Event, text: str = "") -> None:
         if text:
             self.write(f"   ({text})")
+
+    def explain(self, error: Exception) -> str | None:
+        return None
 
     # -- input -----------------------------------------------------------------------------------------
     def parse(self, line: str) -> Event | None:
@@ -115,13 +125,11 @@ class ConsoleFrontend:
                 return
             try:
                 event = self.parse(line)
-                if event is not None:
-                    await self.conversation.handle(event)
-            except FileNotFoundError as error:
-                self.write(f"   no such file: {error.filename}")
-            except Exception as error:
-                self.write(f"   something went wrong ({type(error).__name__}); see the log")
-                log.exception("a console event failed")
+            except (OSError, ValueError) as error:  # an unreadable path, unbalanced quotes
+                self.write(f"   cannot read that line ({type(error).__name__})")
+                continue
+            if event is not None and self.conversation is not None:
+                await self.conversation.dispatch(event)
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop())

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 
-from bot.events import Button, Chat, Reply
+from bot.events import Chat, Reply
 from bot.flow import Conversation
 from engine.facade import Delivery
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Reply]:
     t, engine = conversation.t, conversation.engine
     if delivery.kind == "trained":
-        return [Reply(t("trained"), buttons=conversation.style_buttons())]
+        return [Reply(t("trained"), buttons=conversation.buttons.styles())]
     if delivery.kind == "failed":
         return [Reply(t("job_failed", reason=delivery.error or t("unknown_error")))]
     preset = engine.presets.get(delivery.preset or "")
@@ -29,23 +30,15 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
     caption = t("results_caption", label=label)
     names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
     images = tuple(data for _, data in delivery.images)
-    settings = engine.settings
-    protect = settings.telegram.protect_content
-    again = ((Button(t.button("another_style"), "styles"),),)
-    mode = settings.provenance.deliver_as
+    mode = engine.settings.provenance.deliver_as
+    # protect=True marks portraits; whether and how they are protected is the platform adapter's setting
+    portraits = Reply(caption, images=images, image_names=names, protect=True)
     replies = []
     if mode in {"photos", "both"}:
-        replies.append(Reply(caption, images=images, image_names=names, protect=protect))
+        replies.append(portraits)
     if mode in {"files", "both"}:
-        replies.append(Reply(caption, images=images, image_names=names, as_files=True, protect=protect))
-    replies[-1] = Reply(
-        replies[-1].text,
-        buttons=again,
-        images=images,
-        image_names=names,
-        as_files=replies[-1].as_files,
-        protect=protect,
-    )
+        replies.append(replace(portraits, as_files=True))
+    replies[-1] = replace(replies[-1], buttons=conversation.buttons.another_style())
     return replies
 
 

@@ -6,6 +6,7 @@ does not even receive server messages). Buttons carry the conversation's own dat
 handled statelessly in `on_interaction`, so they keep working after a restart; the conversation authorises
 every press. Slash commands are synced only when their payload changed (a hash in the data dir), so restarts
 do not spend Discord's daily command-update limit. discord.py retries 429s and 5xx answers itself.
+The `[discord]` settings are read here (`DiscordSettings`); `bot.platforms` lists this module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from bot.events import (
 )
 from bot.flow import COMMANDS, Conversation
 from bot.texts import DEFAULT_LANGUAGE, Texts
-from engine.settings import DiscordSettings
+from engine.settings import Url
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,22 @@ MAX_LABEL = 80
 DMS_CLOSED = 50007  # "Cannot send messages to this user"
 SYNC_FILE = "discord-commands.sha"
 CONNECT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    """The `[discord]` section (LIKENESS_DISCORD_*); config/default.toml documents each key."""
+
+    token: str
+    api_url: Url
+
+
+SETTINGS = DiscordSettings
+
+
+def frontend(settings: DiscordSettings, conversation: Conversation) -> DiscordFrontend | None:
+    """The Discord front-end, or None when no token is set."""
+    return DiscordFrontend(settings, conversation) if settings.token else None
 
 
 def default_intents() -> discord.Intents:
@@ -121,9 +140,11 @@ class DiscordMessenger:
     """The Messenger the conversation talks to, for Discord. `chat.chat_id` is a channel id (a DM)."""
 
     platform = "discord"
+    message_lifetime = math.inf  # a bot may delete its own DM messages at any age
 
-    def __init__(self, client: discord.Client):
+    def __init__(self, client: discord.Client, texts: Texts):
         self.client = client
+        self.texts = texts  # speaks the language of the event being answered
 
     def channel(self, chat: Chat) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(int(chat.chat_id))
@@ -178,6 +199,10 @@ class DiscordMessenger:
         if text and isinstance(interaction, discord.Interaction):
             await interaction.followup.send(text, ephemeral=True)
 
+    def explain(self, error: Exception) -> str | None:
+        """Closed DMs: how to open them (the bot handles photos only there)."""
+        return self.texts.discord("dms_closed") if is_dms_closed(error) else None
+
 
 def in_bot_dm(interaction: discord.Interaction) -> bool:
     """The interaction happened in the user's DM with the bot (not a server, not a group DM)."""
@@ -187,7 +212,7 @@ def in_bot_dm(interaction: discord.Interaction) -> bool:
 
 
 def dm_chat(channel_id: int, user_id: int, language: str = "") -> Chat:
-    return Chat("discord", str(channel_id), str(user_id), True, language)
+    return Chat("discord", str(channel_id), str(user_id), True, language=language)
 
 
 def locale_of(interaction: discord.Interaction) -> str:
@@ -213,6 +238,21 @@ class DescriptionTranslator(app_commands.Translator):
         if code == DEFAULT_LANGUAGE:
             return None
         return self.texts[code].command(string.extras["command"])
+
+
+async def by_dm_user(interaction: discord.Interaction) -> bool:
+    """The interaction's user is the user of the DM it happened in (not someone pressing in another's DM).
+
+    The DM's recipient comes with the interaction where Discord sends it; otherwise the presser's own DM
+    channel with the bot (cached by discord.py) must be this channel.
+    """
+    recipient = getattr(interaction.channel, "recipient", None)
+    if recipient is not None:
+        return recipient.id == interaction.user.id
+    try:
+        return (await interaction.user.create_dm()).id == interaction.channel_id
+    except discord.HTTPException:
+        return False  # cannot tell: treat the press as someone else's
 
 
 def incoming(attachment: discord.Attachment) -> IncomingPhoto:
@@ -259,11 +299,11 @@ class DiscordFrontend:
         configure_api_root(settings.api_url)
         self.token = settings.token
         self.conversation = conversation
+        self.dispatch = conversation.dispatch
         self.client = LikenessClient(
             self, intents or default_intents(), guild_ready_timeout=guild_ready_timeout
         )
-        self.messenger = DiscordMessenger(self.client)
-        conversation.add_messenger(self.messenger)
+        self.messenger = DiscordMessenger(self.client, conversation.t)
         self.sync_file: Path = conversation.engine.settings.data_dir / SYNC_FILE
         for name in COMMANDS:
             self.client.tree.add_command(self._slash_command(name))
@@ -305,26 +345,26 @@ class DiscordFrontend:
     async def on_command(self, interaction: discord.Interaction, name: str) -> None:
         """Acknowledge at once (privately), then run the command in the user's DM."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        in_dm = in_bot_dm(interaction)
-        here = Chat(
-            "discord", str(interaction.channel_id), str(interaction.user.id), in_dm, locale_of(interaction)
-        )
-        texts = self.conversation.t[await self.conversation.language_for(here)]
+
+        async def answer(text: str) -> None:  # the private answer to the command, e.g. an apology
+            await interaction.edit_original_response(content=text)
+
+        # In the user's own DM with the bot, answer there; anywhere else, continue in that DM.
+        in_dm = in_bot_dm(interaction) and await by_dm_user(interaction)
         try:
             channel_id = interaction.channel_id if in_dm else (await interaction.user.create_dm()).id
-            chat = dm_chat(channel_id, interaction.user.id, locale_of(interaction))
-            await self.conversation.handle(Command(chat, name))
-        except Exception as error:
-            if is_dms_closed(error):
-                await interaction.edit_original_response(content=texts.discord("dms_closed"))
-            else:
-                log.exception("a discord command failed")
-                await interaction.edit_original_response(content=texts("internal_error"))
+        except discord.HTTPException:
+            log.warning("a discord DM channel could not be opened")
+            here = Chat("discord", str(interaction.channel_id), str(interaction.user.id), False)
+            await answer(self.conversation.t[await self.conversation.language_for(here)]("internal_error"))
+            return
+        chat = dm_chat(channel_id, interaction.user.id, locale_of(interaction))
+        if not await self.dispatch(Command(chat, name), apologise=answer):
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
         else:
-            texts = self.conversation.t[await self.conversation.language_for(here)]  # after a /language
+            texts = self.conversation.t[await self.conversation.language_for(chat)]  # after any /language
             await interaction.edit_original_response(content=texts.discord("continue_in_dm"))
 
     # -- buttons -----------------------------------------------------------------------------------------
@@ -332,12 +372,14 @@ class DiscordFrontend:
         """Any button, from any message and any time: its custom_id is the conversation's (untrusted) data."""
         await interaction.response.defer()
         data = (interaction.data or {}).get("custom_id", "")
+        private = in_bot_dm(interaction)
         chat = Chat(
             "discord",
             str(interaction.channel_id),
             str(interaction.user.id),
-            in_bot_dm(interaction),
-            locale_of(interaction),
+            private,
+            by_chat_user=not private or await by_dm_user(interaction),
+            language=locale_of(interaction),
         )
         message_id = str(interaction.message.id) if interaction.message else None
         await self.dispatch(ButtonPress(chat, str(data), message_id, interaction=interaction))
@@ -354,15 +396,6 @@ class DiscordFrontend:
             await self.dispatch(PhotoMessage(chat, photos))
         elif private:
             await self.dispatch(TextMessage(chat, message.content))
-
-    async def dispatch(self, event: Event) -> None:
-        try:
-            await self.conversation.handle(event)
-        except Exception:
-            log.exception("a discord %s failed", type(event).__name__)
-            with contextlib.suppress(Exception):
-                texts = self.conversation.t[await self.conversation.language_for(event.chat)]
-                await self.messenger.send(event.chat, Reply(texts("internal_error")))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -17,13 +17,17 @@ class Chat:
     """Where an event happened and where answers go.
 
     `chat_id` is the platform's id of the conversation (a Telegram chat id, a Discord channel id) and
-    `user_id` the platform's id of the person. Both are personal data: never log them (nor `language`).
+    `user_id` the platform's id of the person who acted. Both are personal data: never log them (nor
+    `language`).
+    `by_chat_user` is False when, in a private chat, the person who acted is not that chat's user (a
+    forged or replayed press on someone else's message); the conversation then changes nothing.
     """
 
     platform: str  # "telegram" | "discord" | "console"
     chat_id: str
     user_id: str
     private: bool
+    by_chat_user: bool = True
     language: str = ""  # the language the platform reports for the user ('es', 'pt-BR'); '' if none
 
 
@@ -88,7 +92,7 @@ class Reply:
     images: tuple[bytes, ...] = ()
     image_names: tuple[str, ...] = ()
     as_files: bool = False  # send images as documents/attachments (keeps metadata)
-    protect: bool = False  # ask the platform to prevent forwarding/saving where supported
+    protect: bool = False  # delivered portraits: the platform's adapter protects them where it is set to
     ephemeral: bool = False  # only the user sees it (Discord interactions); ignored elsewhere
     files: tuple[tuple[str, bytes], ...] = field(default=())  # (file name, bytes) sent as documents
 
@@ -97,6 +101,9 @@ class Messenger(Protocol):
     """What the conversation needs from a platform adapter."""
 
     platform: str
+    # How long the platform lets a bot delete its own messages (seconds; math.inf: no limit). Message
+    # deadlines are capped to it, and the privacy policy shown on this platform says so.
+    message_lifetime: float
 
     async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
         """Send a reply; return the ids of every message sent (for later edits and deletion)."""
@@ -109,3 +116,6 @@ class Messenger(Protocol):
 
     async def acknowledge(self, event: Event, text: str = "") -> None:
         """Answer a button press (Telegram's answerCallbackQuery, Discord's defer) with an optional toast."""
+
+    def explain(self, error: Exception) -> str | None:
+        """The user's text for an error the platform caused (e.g. closed DMs); None for anything else."""

@@ -1,8 +1,11 @@
 """The conversation, once for every platform: consent → upload → train → style → deliver → forget.
 
-Adapters turn platform updates into `bot.events` and call `Conversation.handle`. Answers go out through
-the adapter's `Messenger`. Button data is never trusted: every press acts on the presser's own data, and a
-press that names a job is checked against the job's owner.
+Adapters turn platform updates into `bot.events` and hand them to `Conversation.dispatch`, the one safe
+entry point: an error is logged once and the user gets a short apology. Answers go out through the
+adapter's `Messenger`. Commands and buttons are routed by two tables side by side. Button data is never
+trusted: it is decoded strictly (`bot.buttons`), every press acts on the presser's own data, a press that
+names a job is checked against the job's owner, and a press in a private chat by anyone but that chat's
+user changes nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from bot.events import Button, ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
-from bot.texts import Texts, progress_bar
+from bot.buttons import Buttons, Route, decode
+from bot.events import ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
+from bot.texts import DEFAULT_LANGUAGE, Texts, progress_bar
 from engine.errors import Refused
 from engine.facade import Accepted, Engine, Rejected
 
@@ -37,12 +42,37 @@ COMMANDS = (
 MODEL_CHOICES = {"model_now": 3600.0, "model_day": 86400.0, "model_week": 7 * 86400.0}
 MESSAGE_CHOICES = {"messages_off": 0.0, "messages_day": 86400.0}
 
+Apology = Callable[[str], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class ButtonRoute:
+    """What a button does: `run(press, user_id, arg)`, once `accepts(arg)` holds and, where `owns` is given,
+    the presser owns what `arg` names (else the presser only gets the `not_yours` toast)."""
+
+    run: Callable[[ButtonPress, str, str], Awaitable[None]]
+    accepts: Callable[[str], bool]
+    owns: Callable[[str, str], Awaitable[bool]] | None = None
+
+
+def no_argument(arg: str) -> bool:
+    return arg == ""
+
+
+def one_of(*allowed: str) -> Callable[[str], bool]:
+    return lambda arg: arg in allowed
+
+
+def some_id(arg: str) -> bool:
+    return arg != ""  # the codec already bounds its length and alphabet
+
 
 class Conversation:
-    def __init__(self, engine: Engine, texts: Texts, messengers: dict[str, Messenger] | None = None):
+    def __init__(self, engine: Engine, texts: Texts):
         self.engine = engine
         self.t = texts
-        self.messengers: dict[str, Messenger] = dict(messengers or {})
+        self.buttons = Buttons(texts, engine.presets)
+        self.messengers: dict[str, Messenger] = {}  # platform -> its adapter's Messenger
         self._handlers: dict[str, Callable[[Command, str], Awaitable[None]]] = {
             "start": self.start,
             "help": self.help,
@@ -57,19 +87,65 @@ class Conversation:
             "cancel": self.cancel,
             "language": self.language,
         }
+        self._routes: dict[Route, ButtonRoute] = {
+            Route.CONSENT: ButtonRoute(self.on_consent, one_of("yes", "no")),
+            Route.TRAIN: ButtonRoute(self.train, no_argument),
+            Route.STYLE: ButtonRoute(self.on_style, lambda key: key in self.engine.presets),
+            Route.STYLES: ButtonRoute(self.on_styles, no_argument),
+            Route.CANCEL: ButtonRoute(self.on_cancel, some_id, owns=self.owns_job),
+            Route.FORGET: ButtonRoute(self.on_forget, one_of("yes", "no")),
+            Route.SETTING: ButtonRoute(self.on_setting, one_of(*MODEL_CHOICES, *MESSAGE_CHOICES)),
+            Route.LANGUAGE_MENU: ButtonRoute(self.on_languages, no_argument),
+            Route.LANGUAGE: ButtonRoute(self.on_language, lambda code: code in self.t.languages),
+        }
 
     def add_messenger(self, messenger: Messenger) -> None:
+        """Answer `messenger.platform`'s events through it; its message lifetime caps the policy text."""
         self.messengers[messenger.platform] = messenger
+        self.t.cap_messages(messenger.platform, messenger.message_lifetime)
 
     # -- dispatch ----------------------------------------------------------------------------------------
+    async def dispatch(self, event: Event, apologise: Apology | None = None) -> bool:
+        """Handle one event for an adapter; never raises. True when it was handled without an error.
+
+        An error is logged once (its type and traceback: no personal data) and the user gets a short
+        apology: the platform's explanation where it has one (e.g. closed DMs), else `internal_error`.
+        It goes to the chat, or to `apologise` where the adapter has a better place (a Discord command's
+        ephemeral answer).
+        """
+        try:
+            await self.handle(event)
+        except Exception as error:
+            code = DEFAULT_LANGUAGE
+            with contextlib.suppress(Exception):
+                code = await self.language_for(event.chat)
+            with self.t.using(code):  # the apology in the user's language
+                messenger = self.messengers.get(event.chat.platform)
+                text = messenger.explain(error) if messenger is not None else None
+                if text is None:
+                    log.exception("a %s %s failed", event.chat.platform, type(event).__name__)
+                    text = self.t("internal_error")
+                with contextlib.suppress(Exception):
+                    if apologise is not None:
+                        await apologise(text)
+                    elif messenger is not None:
+                        await messenger.send(event.chat, Reply(text))
+            return False
+        return True
+
     async def handle(self, event: Event) -> None:
-        """Answer one event in the user's language. Errors propagate: the adapter logs them and tells the user."""
+        """Answer one event in the user's language. Errors propagate (`dispatch` catches them)."""
         user_id = self.engine.pseudonym(event.chat.platform, event.chat.user_id)
         with self.t.using(await self.language_of(event.chat, user_id)):
             await self._handle(event, user_id)
 
     async def _handle(self, event: Event, user_id: str) -> None:
         chat = event.chat
+        if chat.private and not chat.by_chat_user:  # someone else's private chat: change nothing there
+            if isinstance(event, ButtonPress):
+                await self.messenger(chat).acknowledge(event, self.t.refusal(Refused("not_yours")))
+            log.info("a %s %s in another user's chat was refused", chat.platform, type(event).__name__)
+            return
         if isinstance(event, Command):
             handler = self._handlers.get(event.name)
             if handler is None:
@@ -93,7 +169,7 @@ class Conversation:
         progress) and Discord DMs (which carry no locale) speak it too."""
         preference = await self.engine.language_preference(user_id)
         reported = self.t.resolve(chat.language) if chat.language else None
-        if reported and preference.known and reported != preference.reported:
+        if reported and preference.known and reported != preference.reported and chat.by_chat_user:
             await self.engine.report_language(user_id, reported)
         return self.t.resolve(preference.chosen or reported or preference.reported)
 
@@ -106,20 +182,19 @@ class Conversation:
         preference = await self.engine.language_preference(user_id)
         return self.t.resolve(preference.chosen or preference.reported)
 
-    def language_reply(self) -> Reply:
-        """Every language as a button labelled in that language, two to a row."""
-        buttons = [Button(language.name, f"lang:{code}") for code, language in self.t.languages.items()]
-        rows = tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
-        return Reply(self.t("language_choose"), buttons=rows)
-
     async def language(self, event: Command, user_id: str) -> None:
-        """/language: choose the language the bot speaks."""
-        await self.say(event.chat, self.language_reply(), event)
+        """/language: every language as a button labelled in that language."""
+        await self.say(event.chat, Reply(self.t("language_choose"), buttons=self.buttons.languages()), event)
 
-    async def choose_language(self, chat: Chat, user_id: str, code: str) -> None:
-        await self.engine.choose_language(user_id, chat.platform, code)
+    async def on_languages(self, press: ButtonPress, user_id: str, _: str) -> None:
+        """The language row of /settings: the language picker."""
+        await self.say(press.chat, Reply(self.t("language_choose"), buttons=self.buttons.languages()))
+
+    async def on_language(self, press: ButtonPress, user_id: str, code: str) -> None:
+        """language:<code>: speak that language from now on (kept with the user's row until /forget)."""
+        await self.engine.choose_language(user_id, press.chat.platform, code)
         with self.t.using(code):
-            await self.say(chat, Reply(self.t("language_set")))
+            await self.say(press.chat, Reply(self.t("language_set")))
 
     def messenger(self, chat: Chat) -> Messenger:
         return self.messengers[chat.platform]
@@ -135,10 +210,7 @@ class Conversation:
     # -- consent -----------------------------------------------------------------------------------------
     def consent_reply(self, chat: Chat, lead: str = "") -> Reply:
         text = self.t.policy_summary(chat.platform)
-        buttons = (
-            (Button(self.t.button("agree"), "consent:yes"), Button(self.t.button("decline"), "consent:no")),
-        )
-        return Reply((lead + "\n\n" + text) if lead else text, buttons=buttons)
+        return Reply((lead + "\n\n" + text) if lead else text, buttons=self.buttons.consent())
 
     async def start(self, event: Command, user_id: str) -> None:
         """/start: explain, then ask for consent (or welcome back)."""
@@ -157,9 +229,10 @@ class Conversation:
     async def privacy(self, event: Command, user_id: str) -> None:
         await self.say(event.chat, Reply(self.t.policy_full(event.chat.platform)), event)
 
-    async def consent(self, press: ButtonPress, user_id: str, agreed: bool) -> None:
+    async def on_consent(self, press: ButtonPress, user_id: str, answer: str) -> None:
+        """consent:yes / consent:no."""
         chat = press.chat
-        if not agreed:
+        if answer != "yes":
             await self.say(chat, Reply(self.t("declined")))
             return
         await self.engine.give_consent(
@@ -225,10 +298,11 @@ class Conversation:
             return Reply("\n".join(lines))
         key = "photo_full" if count >= upload.max_photos else "photo_enough"
         lines.append(self.t(key, max_photos=upload.max_photos))
-        return Reply("\n".join(lines), buttons=((Button(self.t.button("train"), "train"),),))
+        return Reply("\n".join(lines), buttons=self.buttons.train())
 
     # -- training and styles -----------------------------------------------------------------------------
-    async def train(self, event: Command | ButtonPress, user_id: str) -> None:
+    async def train(self, event: Command | ButtonPress, user_id: str, _: str = "") -> None:
+        """/train and the Train button."""
         chat = event.chat
         if not await self.require_consent(chat, user_id, event):
             return
@@ -240,22 +314,20 @@ class Conversation:
         position = await self.position_text(user_id, job_id)
         await self.show_progress(chat, user_id, job_id, self.t("train_queued", position=position), event)
 
-    def style_buttons(self) -> tuple[tuple[Button, ...], ...]:
-        buttons = [
-            Button(self.t.style_label(key, preset.label), f"style:{key}")
-            for key, preset in self.engine.presets.items()
-        ]
-        return tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
-
     async def styles(self, event: Command, user_id: str) -> None:
         if not await self.require_consent(event.chat, user_id, event):
             return
         if not await self.engine.has_model(user_id) and not await self.engine.active_training(user_id):
             await self.say(event.chat, Reply(self.t.refusal(Refused("no_model"))), event)
             return
-        await self.say(event.chat, Reply(self.t("styles"), buttons=self.style_buttons()), event)
+        await self.say(event.chat, Reply(self.t("styles"), buttons=self.buttons.styles()), event)
 
-    async def style(self, press: ButtonPress, user_id: str, key: str) -> None:
+    async def on_styles(self, press: ButtonPress, user_id: str, _: str) -> None:
+        """The "Another style" button: the style picker again."""
+        await self.say(press.chat, Reply(self.t("styles"), buttons=self.buttons.styles()))
+
+    async def on_style(self, press: ButtonPress, user_id: str, key: str) -> None:
+        """style:<preset>: queue portraits in that style."""
         chat = press.chat
         if not await self.require_consent(chat, user_id):
             return
@@ -285,8 +357,7 @@ class Conversation:
     async def show_progress(
         self, chat: Chat, user_id: str, job_id: str, text: str, event: Event | None = None
     ) -> None:
-        buttons = ((Button(self.t.button("cancel"), f"cancel:{job_id}"),),)
-        ids = await self.say(chat, Reply(text, buttons=buttons), event)
+        ids = await self.say(chat, Reply(text, buttons=self.buttons.cancel(job_id)), event)
         if ids:
             await self.engine.record_message(user_id, ids[-1], "progress", job_id)
 
@@ -300,42 +371,41 @@ class Conversation:
 
     # -- buttons -----------------------------------------------------------------------------------------
     async def press(self, press: ButtonPress, user_id: str) -> None:
-        """Route a button press. The data is untrusted: parse strictly, authorise by owner."""
-        kind, _, arg = press.data.partition(":")
-        chat = press.chat
+        """Route a button press by the route table. The data is untrusted: decoded strictly, authorised."""
+        chat, messenger = press.chat, self.messenger(press.chat)
         if not chat.private:
-            await self.messenger(chat).acknowledge(press, self.t("group_redirect"))
+            await messenger.acknowledge(press, self.t("group_redirect"))
             return
-        if kind == "cancel" and arg:
-            job = await self.engine.job(user_id, arg)
-            if job is None:
-                await self.messenger(chat).acknowledge(press, self.t.refusal(Refused("not_yours")))
-                return
-        await self.messenger(chat).acknowledge(press)
-        if kind == "consent" and arg in {"yes", "no"}:
-            await self.consent(press, user_id, agreed=arg == "yes")
-        elif kind == "train" and not arg:
-            await self.train(press, user_id)
-        elif kind == "style" and arg in self.engine.presets:
-            await self.style(press, user_id, arg)
-        elif kind == "styles":
-            await self.say(chat, Reply(self.t("styles"), buttons=self.style_buttons()))
-        elif kind == "cancel" and arg:
-            count = 1 if await self.engine.cancel_job(user_id, arg) else 0
-            await self.say(chat, Reply(self.t("cancelled", count=count)))
-        elif kind == "forget" and arg in {"yes", "no"}:
-            if arg == "yes":
-                await self.erase(chat, user_id)
-            else:
-                await self.say(chat, Reply(self.t("forget_kept")))
-        elif kind == "set" and arg in MODEL_CHOICES | MESSAGE_CHOICES:
-            await self.apply_setting(chat, user_id, arg)
-        elif kind == "language" and not arg:
-            await self.say(chat, self.language_reply())
-        elif kind == "lang" and arg in self.t.languages:
-            await self.choose_language(chat, user_id, arg)
-        else:
+        pressed = decode(press.data)
+        route = self._routes.get(pressed.route) if pressed else None
+        if pressed is None or route is None or not route.accepts(pressed.arg):
+            await messenger.acknowledge(press)
             await self.say(chat, Reply(self.t("expired_button")))
+            return
+        if route.owns is not None and not await route.owns(user_id, pressed.arg):
+            await messenger.acknowledge(press, self.t.refusal(Refused("not_yours")))
+            return
+        await messenger.acknowledge(press)
+        await route.run(press, user_id, pressed.arg)
+
+    async def owns_job(self, user_id: str, job_id: str) -> bool:
+        return await self.engine.job(user_id, job_id) is not None
+
+    async def on_cancel(self, press: ButtonPress, user_id: str, job_id: str) -> None:
+        """cancel:<job>: stop one job of the presser's."""
+        count = 1 if await self.engine.cancel_job(user_id, job_id) else 0
+        await self.say(press.chat, Reply(self.t("cancelled", count=count)))
+
+    async def on_forget(self, press: ButtonPress, user_id: str, answer: str) -> None:
+        """forget:yes / forget:no, the confirmation of /forget."""
+        if answer == "yes":
+            await self.erase(press.chat, user_id)
+        else:
+            await self.say(press.chat, Reply(self.t("forget_kept")))
+
+    async def on_setting(self, press: ButtonPress, user_id: str, key: str) -> None:
+        """set:<choice>: one of /settings' choices."""
+        await self.apply_setting(press.chat, user_id, key)
 
     # -- status, settings, data --------------------------------------------------------------------------
     async def status(self, event: Command, user_id: str) -> None:
@@ -402,9 +472,7 @@ class Conversation:
             if messages
             else self.t("messages_kept"),
         )
-        rows = [(Button(self.t.setting_button(key), f"set:{key}"),) for key in choices]
-        rows.append((Button(self.t.button("language"), "language"),))
-        return Reply(text, buttons=tuple(rows))
+        return Reply(text, buttons=self.buttons.settings(choices))
 
     async def apply_setting(self, chat: Chat, user_id: str, key: str) -> None:
         if key in MODEL_CHOICES:
@@ -430,13 +498,7 @@ class Conversation:
         )
 
     async def forget(self, event: Command, user_id: str) -> None:
-        buttons = (
-            (
-                Button(self.t.button("forget_yes"), "forget:yes"),
-                Button(self.t.button("forget_no"), "forget:no"),
-            ),
-        )
-        await self.say(event.chat, Reply(self.t("forget_confirm"), buttons=buttons), event)
+        await self.say(event.chat, Reply(self.t("forget_confirm"), buttons=self.buttons.forget()), event)
 
     async def erase(self, chat: Chat, user_id: str) -> None:
         """Delete the bot's messages where the platform allows, then everything in the engine."""
@@ -486,9 +548,8 @@ async def run_progress_updates(
                     if address is None:
                         continue
                     chat = Chat(platform, address["chat_id"], address["user_id"], True)
-                    buttons = ((Button(conversation.t.button("cancel"), f"cancel:{job.job_id}"),),)
                     await conversation.messengers[platform].edit(
-                        chat, job.message_id, Reply(text, buttons=buttons)
+                        chat, job.message_id, Reply(text, buttons=conversation.buttons.cancel(job.job_id))
                     )
                     shown[job.job_id] = text
         except Exception:

@@ -2,7 +2,8 @@
 
 Long polling against `LIKENESS_TELEGRAM_API_URL` (`<url>/bot<token>/<method>`, files at
 `<url>/file/bot<token>/<path>`). Rate limits are handled by AIORateLimiter; sends also retry on network
-errors and 5xx answers, so a reply is not lost to a hiccup.
+errors and 5xx answers, so a reply is not lost to a hiccup. The `[telegram]` settings are read here
+(`TelegramSettings`); `bot.platforms` lists this module.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from telegram import (
     BotCommand,
@@ -43,13 +47,58 @@ from telegram.ext import (
 
 from bot.events import ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply, TextMessage
 from bot.flow import COMMANDS, Conversation
-from engine.settings import TelegramSettings
+from engine.settings import SettingsError, Url
 
 log = logging.getLogger(__name__)
 
 ALBUM_WAIT_SECONDS = 1.5  # updates of one media group arrive separately: answer once, after the last
 SEND_ATTEMPTS = 4
+# Telegram lets bots delete messages only while they are younger than 48 hours; an hour's margin.
+MESSAGE_LIFETIME = 47 * 3600.0
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    """The `[telegram]` section (LIKENESS_TELEGRAM_*); config/default.toml documents each key."""
+
+    token: str
+    api_url: Url
+    protect_content: bool
+    webhook_url: str
+    webhook_secret: str
+    webhook_listen: str
+
+    def __post_init__(self) -> None:
+        if not self.webhook_url:
+            return
+        if not re.match(r"^https://[^/\s]+/\S*$", self.webhook_url):
+            raise SettingsError(
+                f"setting LIKENESS_TELEGRAM_WEBHOOK_URL: expected the public https:// URL Telegram posts "
+                f"updates to, got {self.webhook_url!r}"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", self.webhook_secret):
+            raise SettingsError(
+                "setting LIKENESS_TELEGRAM_WEBHOOK_SECRET: required with a webhook URL: 16 to 256 characters "
+                "of A-Z, a-z, 0-9, _ and - (e.g. the output of `openssl rand -hex 32`)"
+            )
+        if not re.fullmatch(r"[^\s:]+:\d{1,5}", self.webhook_listen):
+            raise SettingsError(
+                f"setting LIKENESS_TELEGRAM_WEBHOOK_LISTEN: expected host:port, got {self.webhook_listen!r}"
+            )
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.webhook_listen.rpartition(":")
+        return host, int(port)
+
+
+SETTINGS = TelegramSettings
+
+
+def frontend(settings: TelegramSettings, conversation: Conversation) -> TelegramFrontend | None:
+    """The Telegram front-end, or None when no token is set."""
+    return TelegramFrontend(settings, conversation) if settings.token else None
 
 
 async def with_retries(call: Callable[[], Awaitable[T]]) -> T:
@@ -84,9 +133,15 @@ class TelegramMessenger:
     """The Messenger the conversation talks to, for Telegram."""
 
     platform = "telegram"
+    message_lifetime = MESSAGE_LIFETIME
 
-    def __init__(self, application: Application):
+    def __init__(self, application: Application, protect_content: bool = False):
         self.app = application
+        self.protect_content = protect_content  # LIKENESS_TELEGRAM_PROTECT_CONTENT, for portraits
+
+    def protect(self, reply: Reply) -> bool:
+        """Ask Telegram to prevent forwarding and saving: for portraits, when the operator wants it."""
+        return reply.protect and self.protect_content
 
     @property
     def bot(self) -> Any:
@@ -99,7 +154,7 @@ class TelegramMessenger:
             sent.append(
                 await with_retries(
                     lambda n=name, d=data: self.bot.send_document(
-                        chat_id, document=d, filename=n, protect_content=reply.protect
+                        chat_id, document=d, filename=n, protect_content=self.protect(reply)
                     )
                 )
             )
@@ -119,14 +174,16 @@ class TelegramMessenger:
                             chat_id,
                             **{field: reply.images[0]},
                             caption=reply.text,
-                            protect_content=reply.protect,
+                            protect_content=self.protect(reply),
                             **({"filename": names[0]} if reply.as_files else {}),
                         )
                     )
                 )
             else:
                 sent += await with_retries(
-                    lambda: self.bot.send_media_group(chat_id, media=media, protect_content=reply.protect)
+                    lambda: self.bot.send_media_group(
+                        chat_id, media=media, protect_content=self.protect(reply)
+                    )
                 )
             if reply.buttons:  # the images arrived; a lost button message must not make them resend
                 with contextlib.suppress(TelegramError):
@@ -139,7 +196,10 @@ class TelegramMessenger:
             sent.append(
                 await with_retries(
                     lambda: self.bot.send_message(
-                        chat_id, reply.text, reply_markup=keyboard(reply), protect_content=reply.protect
+                        chat_id,
+                        reply.text,
+                        reply_markup=keyboard(reply),
+                        protect_content=self.protect(reply),
                     )
                 )
             )
@@ -175,10 +235,22 @@ class TelegramMessenger:
             with contextlib.suppress(BadRequest):  # query too old: the press still works
                 await query.answer(text or None)
 
+    def explain(self, error: Exception) -> str | None:
+        return None  # a user who blocked the bot cannot be told anything
+
 
 def to_chat(update: Update) -> Chat:
+    """The chat of an update; in a private chat (whose id is its user's id) also whether its user acted."""
     chat, user = update.effective_chat, update.effective_user
-    return Chat("telegram", str(chat.id), str(user.id), chat.type == "private", user.language_code or "")
+    private = chat.type == "private"
+    return Chat(
+        "telegram",
+        str(chat.id),
+        str(user.id),
+        private,
+        by_chat_user=not private or chat.id == user.id,
+        language=user.language_code or "",
+    )
 
 
 def incoming(message: Message) -> IncomingPhoto | None:
@@ -201,6 +273,7 @@ class TelegramFrontend:
     """Builds the Application, registers the handlers in one place, and runs long polling."""
 
     def __init__(self, settings: TelegramSettings, conversation: Conversation):
+        self.settings = settings
         api = settings.api_url.rstrip("/")
         self.app = (
             ApplicationBuilder()
@@ -212,8 +285,8 @@ class TelegramFrontend:
             .build()
         )
         self.conversation = conversation
-        self.messenger = TelegramMessenger(self.app)
-        conversation.add_messenger(self.messenger)
+        self.dispatch = conversation.dispatch
+        self.messenger = TelegramMessenger(self.app, settings.protect_content)
         self._albums: dict[str, list[IncomingPhoto]] = {}
         self._album_tasks: dict[str, asyncio.Task] = {}
         self.app.add_handler(MessageHandler(filters.COMMAND, self.on_command))
@@ -260,15 +333,6 @@ class TelegramFrontend:
         if photos:
             await self.dispatch(PhotoMessage(chat, tuple(photos)))
 
-    async def dispatch(self, event: Event) -> None:
-        try:
-            await self.conversation.handle(event)
-        except Exception:
-            log.exception("a telegram %s failed", type(event).__name__)
-            with contextlib.suppress(Exception):
-                texts = self.conversation.t[await self.conversation.language_for(event.chat)]
-                await self.messenger.send(event.chat, Reply(texts("internal_error")))
-
     async def set_commands(self) -> None:
         """The command menu in every language: English by default, each other language for its users."""
         texts = self.conversation.t
@@ -290,8 +354,25 @@ class TelegramFrontend:
             ) from None
         await self.set_commands()
         await self.app.start()
-        await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)
-        log.info("telegram front-end polling")
+        if self.settings.webhook_url:
+            await self._start_webhook()
+        else:
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=10, drop_pending_updates=False)
+            log.info("telegram front-end polling")
+
+    async def _start_webhook(self) -> None:
+        """Serve the webhook URL's path on the listen address (behind the operator's HTTPS proxy or load
+        balancer) and register the URL with its secret: a request without the secret header gets 403."""
+        host, port = self.settings.listen
+        await self.app.updater.start_webhook(
+            listen=host,
+            port=port,
+            url_path=urlsplit(self.settings.webhook_url).path.lstrip("/"),
+            webhook_url=self.settings.webhook_url,
+            secret_token=self.settings.webhook_secret,
+            drop_pending_updates=False,
+        )
+        log.info("telegram front-end receiving updates by webhook on %s:%d", host, port)
 
     async def stop(self) -> None:
         for task in self._album_tasks.values():

@@ -5,7 +5,8 @@ Each language is one file with the same keys as `en.toml` (English is the refere
 key a file lacks). Plurals follow the language's CLDR plural rules; durations and dates are written by Babel
 in the language's own format, never assembled from pieces. The retention schedule the user reads (consent
 text, /privacy, /status) is generated here from the same settings the code enforces, in every language, so
-none of them can disagree with the code. Each language has its own policy version, a hash of its rendered
+none of them can disagree with the code; on a platform that limits how long a bot may delete its messages
+(`Messenger.message_lifetime`), the schedule says the shorter time. Each language has its own policy version, a hash of its rendered
 policy: change the text (or a retention setting) and that language's users are asked to consent again.
 """
 
@@ -28,7 +29,7 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_datetime, format_timedelta
 
 from engine.errors import Refused
-from engine.facade import Rejected, message_cap
+from engine.facade import Rejected
 from engine.settings import CONFIG_DIR, Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,19 @@ def language_tag(tag: str | None) -> str:
 class Language:
     """One language's texts and formats. Keys a file lacks fall back to English (`fallback`)."""
 
-    def __init__(self, code: str, data: dict[str, Any], settings: Settings, fallback: Language | None = None):
+    def __init__(
+        self,
+        code: str,
+        data: dict[str, Any],
+        settings: Settings,
+        fallback: Language | None = None,
+        message_caps: dict[str, float] | None = None,
+    ):
         self.code = code
         self.data = data
         self.settings = settings
         self.fallback = fallback
+        self.message_caps = {} if message_caps is None else message_caps  # shared by every language
         try:
             self.locale = Locale.parse(code)
         except (ValueError, UnknownLocaleError):
@@ -177,7 +186,7 @@ class Language:
             self.text("policy", "schedule_outputs", outputs=self.duration(retention.outputs)),
         ]
         if retention.messages > 0:
-            seconds = min(retention.messages, message_cap(platform or ""))
+            seconds = min(retention.messages, self.message_caps.get(platform or "", math.inf))
             lines.append(self.text("policy", "schedule_messages_on", messages=self.duration(seconds)))
         else:
             lines.append(self.text("policy", "schedule_messages_off"))
@@ -238,12 +247,20 @@ class Texts:
 
     def __init__(self, settings: Settings, directory: Path = TEXTS_DIR):
         self.settings = settings
-        english = Language(DEFAULT_LANGUAGE, _read(directory / f"{DEFAULT_LANGUAGE}.toml"), settings)
+        self.message_caps: dict[str, float] = {}  # platform -> seconds its messages can be deleted
+        read = _read(directory / f"{DEFAULT_LANGUAGE}.toml")
+        english = Language(DEFAULT_LANGUAGE, read, settings, message_caps=self.message_caps)
         self.languages: dict[str, Language] = {DEFAULT_LANGUAGE: english}
         for path in sorted(directory.glob("*.toml")):
             if path.stem != DEFAULT_LANGUAGE:
-                self.languages[path.stem] = Language(path.stem, _read(path), settings, fallback=english)
+                self.languages[path.stem] = Language(
+                    path.stem, _read(path), settings, english, self.message_caps
+                )
         self.default = english
+
+    def cap_messages(self, platform: str, seconds: float) -> None:
+        """`platform` lets a bot delete its messages only for `seconds` (math.inf: no limit)."""
+        self.message_caps[platform] = seconds
 
     def __getitem__(self, code: str | None) -> Language:
         return self.languages.get(code or "", self.default)

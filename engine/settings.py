@@ -1,7 +1,8 @@
 """Settings: `config/default.toml`, overridden by `.env` and `LIKENESS_*` environment variables.
 
 Every setting has exactly one default, in `config/default.toml`; the dataclasses below only give each one a
-type. A bad value fails at start-up with one line naming the setting (`SettingsError`).
+type. A bad value fails at start-up with one line naming the setting (`SettingsError`). A chat platform's
+section (`[telegram]`, `[discord]`) is typed by its adapter in `bot/`, through `Settings.platform(name)`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULTS_FILE = CONFIG_DIR / "default.toml"
 ENV_PREFIX = "LIKENESS_"
+T = TypeVar("T")
 
 
 class SettingsError(Exception):
@@ -28,6 +31,13 @@ class Duration(float):
 
 class OptionalDuration(float):
     """A `Duration` that may also be `off` (stored as 0)."""
+
+
+class Url(str):
+    """An http(s) URL with a host, e.g. `https://api.telegram.org`."""
+
+
+_URL = re.compile(r"^https?://[^/\s]+")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -54,16 +64,20 @@ def format_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class TelegramSettings:
-    token: str
-    api_url: str
-    protect_content: bool
+class Section:
+    """A `[name]` table the engine does not read itself (a platform's), with its environment overrides.
 
+    Its owner types it with `read(cls)`: the same conversions, `LIKENESS_<NAME>_<KEY>` names and one-line
+    errors as every other setting. The engine never looks inside.
+    """
 
-@dataclass(frozen=True)
-class DiscordSettings:
-    token: str
-    api_url: str
+    name: str
+    table: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def read(self, cls: type[T]) -> T:
+        """The section as the dataclass `cls` (its fields are the section's keys)."""
+        return _build(cls, dict(self.table), dict(self.env), self.name)
 
 
 @dataclass(frozen=True)
@@ -132,12 +146,16 @@ class Settings:
     database_url: str
     keystore_url: str
     blobs_url: str
-    telegram: TelegramSettings
-    discord: DiscordSettings
     engine: EngineSettings
     upload: UploadSettings
     retention: RetentionSettings
     provenance: ProvenanceSettings
+    # Every other [table] of the settings file: a platform's section, typed by its adapter (bot/).
+    platforms: Mapping[str, Section] = field(default_factory=dict)
+
+    def platform(self, name: str) -> Section:
+        """The `[name]` section (empty when the file has none: reading it then names the missing keys)."""
+        return self.platforms.get(name) or Section(name)
 
 
 def _convert(kind: Any, value: Any, name: str) -> Any:
@@ -172,6 +190,10 @@ def _convert(kind: Any, value: Any, name: str) -> Any:
             return OptionalDuration(parse_duration(value))
         if kind is Path:
             return Path(str(value)).expanduser()
+        if kind is Url:
+            if not _URL.match(str(value)):
+                raise ValueError(f"expected an http(s) URL, got {str(value)!r}")
+            return Url(str(value))
         return str(value)
     except ValueError as error:
         raise SettingsError(f"setting {name}: {error}") from None
@@ -181,17 +203,20 @@ def _env_name(section: str | None, key: str) -> str:
     return f"{ENV_PREFIX}{section.upper() + '_' if section else ''}{key.upper()}"
 
 
-def _build(cls: type, table: dict[str, Any], env: dict[str, str], section: str | None) -> Any:
+def _build(cls: type, table: dict[str, Any], env: dict[str, str], section: str | None, **given: Any) -> Any:
+    """`cls` from a table and the environment; `given` fields are passed through as they are."""
     if not isinstance(table, dict):
         raise SettingsError(f"setting {section}: expected a [{section}] table")
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - set(given)
     unknown = sorted(set(table) - known)
     if unknown:
         where = f"[{section}] " if section else ""
         raise SettingsError(f"setting {where}{unknown[0]}: unknown setting (check the spelling)")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(given)
     for f in fields(cls):
+        if f.name in given:
+            continue
         kind = hints[f.name]
         if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
             values[f.name] = _build(kind, table.get(f.name, {}), env, f.name)
@@ -239,12 +264,16 @@ def _validate(settings: Settings) -> None:
     for ok, name, problem in checks:
         if not ok:
             raise SettingsError(f"setting {name}: {problem}")
-    for url_name, url in (
-        ("LIKENESS_TELEGRAM_API_URL", settings.telegram.api_url),
-        ("LIKENESS_DISCORD_API_URL", settings.discord.api_url),
-    ):
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise SettingsError(f"setting {url_name}: expected an http(s) URL, got {url!r}")
+
+
+def _sections(table: dict[str, Any], env: dict[str, str]) -> dict[str, Section]:
+    """The tables that are not the engine's own settings: platforms' sections, read by their adapters."""
+    own = {f.name for f in fields(Settings)}
+    return {
+        name: Section(name, value, {k: v for k, v in env.items() if k.startswith(_env_name(name, ""))})
+        for name, value in table.items()
+        if name not in own and isinstance(value, dict)
+    }
 
 
 JOB_KINDS = ("train", "generate")
@@ -302,7 +331,9 @@ def load_settings(env: dict[str, str] | None = None, defaults_file: Path = DEFAU
         table = tomllib.loads(defaults_file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise SettingsError(f"settings file {defaults_file}: {error}") from None
-    settings = _build(Settings, table, env, None)
+    platforms = _sections(table, env)
+    engine_table = {key: value for key, value in table.items() if key not in platforms}
+    settings = _build(Settings, engine_table, env, None, platforms=platforms)
     _validate(settings)
     _validate_scale_out(settings)
     return settings

@@ -320,6 +320,7 @@ class FakeTelegram:
         self._files_by_path: dict[str, StoredFile] = {}
         self._file_counter = itertools.count(1)
         self._updates: list[dict[str, Any]] = []
+        self.webhook: dict[str, Any] = {}  # what setWebhook registered (webhook mode)
         self._update_ids = itertools.count(1000)
         self._callback_ids = itertools.count(1)
         self._open_callbacks: set[str] = set()
@@ -333,6 +334,7 @@ class FakeTelegram:
             "logout": self._true,
             "close": self._true,
             "deletewebhook": self._delete_webhook,
+            "setwebhook": self._set_webhook,
             "getwebhookinfo": self._get_webhook_info,
             "getupdates": self._get_updates,
             "setmycommands": self._set_my_commands,
@@ -602,8 +604,16 @@ class FakeTelegram:
             self._updates.clear()
         return True
 
+    async def _set_webhook(self, params: dict[str, Any]) -> bool:
+        self.webhook = {"url": params.get("url", ""), "secret_token": params.get("secret_token")}
+        return True
+
     async def _get_webhook_info(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"url": "", "has_custom_certificate": False, "pending_update_count": len(self._updates)}
+        return {
+            "url": self.webhook.get("url", ""),
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._updates),
+        }
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = params.get("offset", 0)

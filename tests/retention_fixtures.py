@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from bot.app import App
 from bot.delivery import deliver_pending
 from bot.events import Button, ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply
+from bot.telegram_bot import TelegramMessenger
 from engine.clock import Clock, FakeClock
 from engine.db import USER_TABLES
 from engine.facade import Engine
@@ -66,6 +68,7 @@ class Recorder:
     """A Messenger (and front-end) that keeps everything in memory and records every call."""
 
     platform: str = "telegram"
+    message_lifetime: float = math.inf
     sent: list[Sent] = field(default_factory=list)
     edits: list[tuple[str, str]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
@@ -73,6 +76,13 @@ class Recorder:
     on_start: Any = None
     conversation: Any = None
     _next: int = 0
+
+    @property
+    def messenger(self) -> Recorder:
+        return self
+
+    def explain(self, error: Exception) -> str | None:
+        return None
 
     async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
         ids = []
@@ -132,7 +142,8 @@ class Harness:
         from engine.worker import Worker
 
         clock = clock if clock is not None else FakeClock()
-        recorder = Recorder(platform)
+        lifetime = TelegramMessenger.message_lifetime if platform == "telegram" else math.inf
+        recorder = Recorder(platform, message_lifetime=lifetime)
         app = await App.create(settings, clock=clock, console=recorder, with_worker=False)
         return cls(app, recorder, clock, Worker(app.engine, models=tiny_models()))
 

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from bot.app import App
 from bot.console import ConsoleFrontend, terminal_language
 from bot.events import Button, ButtonPress, Command, PhotoMessage, Reply, TextMessage
+from tests.tiny_settings import tiny_settings
 
 
 def make(tmp_path: Path) -> tuple[ConsoleFrontend, list[str]]:
@@ -49,21 +51,25 @@ async def test_images_and_files_are_saved_to_the_output_folder(tmp_path):
     assert "saved" in printed[-1]
 
 
-async def test_a_failing_event_is_reported_and_the_console_keeps_reading(tmp_path, monkeypatch):
+async def test_a_failing_event_is_apologised_for_and_the_console_keeps_reading(tmp_path, monkeypatch):
     console, printed = make(tmp_path)
+    app = await App.create(tiny_settings(tmp_path / "data"), console=console, with_worker=False)
+    try:
 
-    class Broken:
-        async def handle(self, event):
+        async def broken(event):
             raise RuntimeError("boom")
 
-    lines = iter(["/start\n", "quit\n"])
-    monkeypatch.setattr("sys.stdin.readline", lambda: next(lines))
-    quit_called = []
-    console.conversation = Broken()
-    console.on_quit = lambda: quit_called.append(True)
-    await console._read_loop()
-    assert any("something went wrong (RuntimeError)" in line for line in printed)
-    assert quit_called == [True]  # the loop survived the error and read the next line
+        monkeypatch.setattr(app.conversation, "handle", broken)
+        lines = iter(["/start\n", 'photo "unclosed\n', "quit\n"])
+        monkeypatch.setattr("sys.stdin.readline", lambda: next(lines))
+        quit_called = []
+        console.on_quit = lambda: quit_called.append(True)
+        await console._read_loop()
+    finally:
+        await app.stop()
+    assert any(app.conversation.t("internal_error") in line for line in printed)  # the shared dispatch
+    assert any("cannot read that line (ValueError)" in line for line in printed)
+    assert quit_called == [True]  # the loop survived both and read the next line
 
 
 def test_the_terminal_language_is_read_like_the_c_library_does():

@@ -14,7 +14,7 @@ import pytest
 from discord.gateway import DiscordWebSocket
 
 from bot.app import App
-from bot.discord_bot import DiscordFrontend, split_text
+from bot.discord_bot import DiscordFrontend, DiscordSettings, split_text
 from bot.flow import COMMANDS
 from engine.settings import Settings
 from tests import faces_data as fd
@@ -58,7 +58,9 @@ async def running(
 ) -> AsyncIterator[App]:
     app = await App.create(settings, with_worker=with_worker)
     if intents is not None:
-        app.frontends = [DiscordFrontend(settings.discord, app.conversation, intents=intents)]
+        app.frontends.clear()
+        options = settings.platform("discord").read(DiscordSettings)
+        app.add_frontend(DiscordFrontend(options, app.conversation, intents=intents))
     await app.start()
     try:
         yield app
@@ -231,6 +233,51 @@ async def test_forged_press_on_another_users_job_is_refused(
         await fake.wait_for(lambda: dm_with(fake, alex, text="Stopped 1"))
         assert stop.responses[0].type == 6
         assert (await app.engine.job(owner, job_id)).state == "cancelled"
+
+
+async def test_a_press_in_another_users_dm_only_gets_a_short_answer(
+    fake: FakeDiscord, photos: list, tmp_path: Path
+) -> None:
+    """Mallory could train (consent and photos): her press on Alex's Train button must change nothing."""
+    async with running(make_settings(tmp_path, fake)) as app:  # no worker: a job would stay queued
+        alex, mallory = fake.user(1001), fake.user(1002, "mallory")
+        for user in (alex, mallory):
+            await consent(fake, user)
+            await user.send_dm(attachments=photos)
+            await fake.wait_for(lambda user=user: dm_with(fake, user, button="train"))
+        summary = dm_with(fake, alex, button="train")[-1]
+
+        def visible(user: FakeDiscordUser) -> list[tuple[int, str]]:
+            """What the user's DM shows everyone in it: not the presser's ephemeral answers."""
+            return [(m.id, m.content) for m in fake.dm_messages(user.id) if not m.ephemeral]
+
+        before = {user.id: visible(user) for user in (alex, mallory)}
+        press = await mallory.press(summary, "train")
+        await fake.wait_for(lambda: len(press.responses) == 2)
+        assert press.responses[0].type == 6  # deferred at once
+        answer = press.responses[1]
+        assert (answer.kind, answer.ephemeral) == ("followup", True)
+        assert answer.content == "That button is not for you."
+        await asyncio.sleep(0.5)  # anything the bot would still write lands by now
+        for user in (alex, mallory):
+            assert visible(user) == before[user.id]
+            status = await app.engine.status(
+                app.engine.pseudonym("discord", str(user.id)), "discord", app.conversation.t.policy_version
+            )
+            assert status.jobs == [] and status.photos == len(photos)
+        assert len(press.responses) == 2
+
+        # A slash command sent from Alex's DM by Mallory (a forged interaction) answers in Mallory's own DM.
+        status = {"id": fake.commands["status"]["id"], "name": "status", "type": 1, "options": []}
+        command = await fake._start_interaction(mallory, 2, alex.dm_channel_id, status, None)
+        await fake.wait_for(lambda: dm_with(fake, mallory, text="What is stored about you"))
+        await fake.wait_for(lambda: len(command.responses) == 2)
+        assert "direct message" in command.responses[1].content  # "continue in your DM", privately
+        assert visible(alex) == before[alex.id]
+
+        own = await alex.press(summary, "train")  # the same button, pressed by its owner, still works
+        await fake.wait_for(lambda: dm_with(fake, alex, text="Training queued"))
+        assert own.responses[0].type == 6
 
 
 async def test_commands_synced_once_and_buttons_survive_a_restart(fake: FakeDiscord, tmp_path: Path) -> None:

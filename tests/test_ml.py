@@ -339,3 +339,69 @@ def test_malformed_adapter_bytes_are_rejected(gen):
     bare = json.dumps({"__metadata__": {}}).encode()
     with pytest.raises(ValueError):
         gen.load_adapter("eve", len(bare).to_bytes(8, "little") + bare)
+
+
+def _train_state(pipe) -> tuple:
+    """What training must give back: adapters, grad flags, modes and attention processors."""
+    processors = {k: type(v).__name__ for k, v in pipe.unet.attn_processors.items()}
+    grads = any(p.requires_grad for c in (pipe.unet, pipe.text_encoder) for p in c.parameters())
+    return loaded_adapters(pipe), grads, pipe.unet.training, pipe.text_encoder.training, processors
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "flow_prediction"])
+def test_unknown_prediction_type_is_a_clear_error_and_changes_nothing(photos, prediction_type):
+    fresh = load_pipeline("tiny", CPU, torch.float32)
+    fresh.scheduler = diffusers.DDPMScheduler.from_config(
+        fresh.scheduler.config, prediction_type=prediction_type
+    )
+    before = _train_state(fresh)
+    with pytest.raises(ValueError, match=f"prediction_type is '{prediction_type}'.*epsilon, v_prediction"):
+        train_lora(fresh, photos, PROMPT, dataclasses.replace(CONFIG, steps=2))
+    assert _train_state(fresh) == before
+
+
+def test_v_prediction_models_train(photos):
+    fresh = load_pipeline("tiny", CPU, torch.float32)
+    fresh.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
+        fresh.scheduler.config, prediction_type="v_prediction"
+    )
+    epsilon = train_lora(
+        load_pipeline("tiny", CPU, torch.float32), photos, PROMPT, dataclasses.replace(CONFIG, steps=3)
+    )
+    velocity = train_lora(fresh, photos, PROMPT, dataclasses.replace(CONFIG, steps=3))
+    assert all(np.isfinite(velocity.losses)) and velocity.losses != epsilon.losses
+
+
+def test_speed_levers_give_the_same_training(pipe, photos, trained):
+    """Encoding once (latents, prompt), SDPA and fused AdamW are speed-ups only: the same loss curve."""
+    base = dataclasses.replace(CONFIG, steps=4, batch_size=2)
+    before = _train_state(pipe)
+    reference = train_lora(pipe, photos, PROMPT, base).losses
+    uncached = train_lora(
+        pipe, photos, PROMPT, dataclasses.replace(base, cache_latents=False, cache_text=False)
+    )
+    assert uncached.losses == pytest.approx(reference, rel=1e-5)
+    eager = train_lora(pipe, photos, PROMPT, dataclasses.replace(base, attention="eager"))
+    assert eager.losses == pytest.approx(reference, rel=1e-4)
+    fused = train_lora(pipe, photos, PROMPT, dataclasses.replace(base, fused_adamw=True))
+    assert fused.losses == pytest.approx(reference, rel=1e-4)
+    assert _train_state(pipe) == before  # the eager processors are gone again, no adapter left
+
+
+def test_random_flip_and_bf16_autocast_train_and_restore(pipe, photos, trained):
+    before = _train_state(pipe)
+    base = dataclasses.replace(CONFIG, steps=4, batch_size=2)
+    plain = train_lora(pipe, photos, PROMPT, base).losses
+    flipped = train_lora(pipe, photos, PROMPT, dataclasses.replace(base, random_flip=True)).losses
+    assert all(np.isfinite(flipped)) and flipped != plain
+    bf16 = train_lora(pipe, photos, PROMPT, dataclasses.replace(base, mixed_precision="bf16")).losses
+    assert bf16 == pytest.approx(plain, rel=0.05) and bf16 != plain  # bf16 rounding, same training
+    assert _train_state(pipe) == before and pipe.unet.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "bad", [{"attention": "flash"}, {"mixed_precision": "fp8"}, {"steps": 0}, {"resolution": 30}]
+)
+def test_train_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)

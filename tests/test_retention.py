@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from bot.telegram_bot import TelegramMessenger
 from bot.texts import Texts
 from engine.clock import Clock, FakeClock
 from engine.facade import Engine
@@ -282,6 +283,7 @@ async def test_policy_texts_follow_the_settings(tmp_path):
     assert "at the latest after 15 minutes" in short.policy_full()
     assert short.policy_version != default.policy_version
     messages = Texts(make_settings(tmp_path, LIKENESS_RETENTION_MESSAGES="72h"))
+    messages.cap_messages("telegram", TelegramMessenger.message_lifetime)  # as the App does at start
     assert "from the chat after 47 hours" in messages.schedule("telegram")
     assert "from the chat after 3 days" in messages.schedule("discord")
 

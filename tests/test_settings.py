@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from bot.discord_bot import DiscordSettings
+from bot.platforms import platform_settings
+from bot.telegram_bot import TelegramSettings
 from engine.settings import (
     CONFIG_DIR,
     DEFAULTS_FILE,
     Duration,
     OptionalDuration,
+    Settings,
     SettingsError,
     format_duration,
     load_settings,
@@ -28,6 +32,21 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {"LIKENESS_ENGINE_PRESETS": str(presets)}
 
 
+def telegram(settings: Settings) -> TelegramSettings:
+    return settings.platform("telegram").read(TelegramSettings)
+
+
+def discord(settings: Settings) -> DiscordSettings:
+    return settings.platform("discord").read(DiscordSettings)
+
+
+def load_all(env: dict[str, str], defaults_file: Path = DEFAULTS_FILE) -> Settings:
+    """The settings as `python -m bot` checks them at start: the engine's and every platform's."""
+    settings = load_settings(env, defaults_file)
+    platform_settings(settings)
+    return settings
+
+
 def defaults_with(tmp_path: Path, old: str, new: str) -> Path:
     """A copy of the shipped defaults with one edit."""
     text = DEFAULTS_FILE.read_text()
@@ -41,9 +60,10 @@ def test_defaults_load(env: dict[str, str]) -> None:
     settings = load_settings(env)
     assert settings.data_dir == Path("var")
     assert settings.master_key == ""
-    assert settings.telegram.api_url == "https://api.telegram.org"
-    assert settings.telegram.protect_content is True
-    assert settings.discord.token == ""
+    assert telegram(settings).api_url == "https://api.telegram.org"
+    assert telegram(settings).protect_content is True
+    assert discord(settings).token == ""
+    assert discord(settings).api_url == "https://discord.com/api"
     assert settings.engine.images_per_request == 4
     assert settings.engine.lease == 120.0
     assert isinstance(settings.engine.lease, Duration)
@@ -78,8 +98,8 @@ def test_environment_overrides(env: dict[str, str]) -> None:
     settings = load_settings(env)
     assert settings.data_dir == Path("/srv/likeness")
     assert settings.log_level == "debug"
-    assert settings.telegram.token == "123:abc"
-    assert settings.telegram.protect_content is False
+    assert telegram(settings).token == "123:abc"
+    assert telegram(settings).protect_content is False
     assert settings.retention.photos == 900.0
     assert settings.retention.messages == 47 * 3600.0
     assert settings.upload.max_photos == 12
@@ -144,7 +164,7 @@ def test_format_duration(seconds: float, text: str) -> None:
 def test_bad_settings_fail_in_one_line(env: dict[str, str], overrides: dict[str, str], name: str) -> None:
     env |= overrides
     with pytest.raises(SettingsError) as error:
-        load_settings(env)
+        load_all(env)
     message = str(error.value)
     assert "\n" not in message
     assert name in message
@@ -159,6 +179,9 @@ def test_bad_settings_fail_in_one_line(env: dict[str, str], overrides: dict[str,
         ("max_mb = 20\n", 'max_mb = "twenty"\n', "LIKENESS_UPLOAD_MAX_MB"),
         ("max_mb = 20\n", "max_mb = 20.5\n", "LIKENESS_UPLOAD_MAX_MB"),
         ("protect_content = true\n", "protect_content = 2\n", "LIKENESS_TELEGRAM_PROTECT_CONTENT"),
+        ("[telegram]\n", "[telegram]\nprotect = true\n", "[telegram] protect"),
+        ("[discord]\n", "[discrod]\n", "[discrod]"),
+        ('api_url = "https://discord.com/api"\n', "", "LIKENESS_DISCORD_API_URL"),
         ("[upload]\n", "[upload\n", "edited.toml"),
     ],
 )
@@ -166,7 +189,7 @@ def test_bad_defaults_file_fails_in_one_line(
     env: dict[str, str], tmp_path: Path, old: str, new: str, name: str
 ) -> None:
     with pytest.raises(SettingsError) as error:
-        load_settings(env, defaults_with(tmp_path, old, new))
+        load_all(env, defaults_with(tmp_path, old, new))
     assert "\n" not in str(error.value)
     assert name in str(error.value)
 
@@ -203,5 +226,25 @@ def test_dotenv_is_read_and_the_environment_wins(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIKENESS_RETENTION_PHOTOS", "2h")
     settings = load_settings()
-    assert settings.telegram.token == "from-dotenv"
+    assert telegram(settings).token == "from-dotenv"
     assert settings.retention.photos == 7200.0
+
+
+def test_a_platform_section_is_read_by_its_adapter_not_the_engine(env: dict[str, str]) -> None:
+    env["LIKENESS_TELEGRAM_API_URL"] = "api.telegram.org"
+    settings = load_settings(env)  # what `python -m engine` reads: no platform's settings
+    assert settings.platform("telegram").env == {"LIKENESS_TELEGRAM_API_URL": "api.telegram.org"}
+    with pytest.raises(SettingsError, match=r"^setting LIKENESS_TELEGRAM_API_URL: expected an http"):
+        platform_settings(settings)  # what `python -m bot` checks before it starts anything
+
+
+def test_python_m_bot_stops_on_a_bad_platform_setting_in_one_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.__main__ import main
+
+    for name, value in {**env, "LIKENESS_DISCORD_API_URL": "ftp://discord.com"}.items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("likeness: setting LIKENESS_DISCORD_API_URL:") and err.count("\n") == 1

@@ -226,6 +226,33 @@ async def test_garbage_callback_data_expires_and_changes_nothing(world: World) -
     assert [m.text for m in world.fake.messages(BOB)] == [world.garbage_reply.text]
 
 
+async def test_a_press_on_another_users_message_only_gets_a_short_answer(world: World) -> None:
+    """Harry could train (consent and photos): his press on Gina's Train button must change nothing."""
+    fake, engine = world.fake, world.app.engine
+    gina, harry = fake.user(1008), fake.user(1009)
+    summaries = {}
+    for user in (gina, harry):
+        await onboard(fake, user)
+        await user.send_album(same_person_photos())
+        summaries[user.id] = await fake.wait_for_message(user.id, "photos so far")
+    summary = summaries[gina.id]
+    assert button_data(summary, "train") == ["train"]
+
+    def chat(user_id: int) -> list[tuple[int, str | None, int]]:
+        return [(m.message_id, m.text, len(m.edits)) for m in fake.messages(user_id)]
+
+    before = {user.id: chat(user.id) for user in (gina, harry)}
+    query = await harry.press(summary, "train")
+    assert (await answer_to(fake, query)).get("text") == "That button is not for you."
+    await asyncio.sleep(0.5)  # anything the bot would still write lands by now
+    for user in (gina, harry):
+        assert chat(user.id) == before[user.id]
+        user_id = engine.pseudonym("telegram", user.id)
+        status = await engine.status(user_id, "telegram", world.app.conversation.t.policy_version)
+        assert status.jobs == [] and status.photos == 3
+    assert len([a for a in fake.answered_callbacks if a["callback_query_id"] == query]) == 1
+
+
 # -- 6. a blocked user and a restart with a delivery in the outbox --------------------------------------
 async def test_a_pending_delivery_survives_a_block_and_a_restart_and_is_sent_once(world: World) -> None:
     fake, alice, engine = world.fake, world.alice, world.app.engine
@@ -234,9 +261,13 @@ async def test_a_pending_delivery_survives_a_block_and_a_restart_and_is_sent_onc
     alice.block()  # every send to Alice now fails: her portraits stay in the outbox
     await alice.press(world.trained, button_data(world.trained, "style:")[-1])
     await fake.wait_for(lambda f: any(e[0] == "sendMediaGroup" and e[1] == 403 for e in f.errors), SLOW)
-    stuck = await engine.store.fetchall(
-        "SELECT state, attempts FROM deliveries WHERE user_id=? AND state='pending'", (user_id,)
-    )
+    for _ in range(100):  # the failed send is recorded right after the platform refused it
+        stuck = await engine.store.fetchall(
+            "SELECT state, attempts FROM deliveries WHERE user_id=? AND state='pending'", (user_id,)
+        )
+        if stuck and stuck[0]["attempts"] >= 1:
+            break
+        await asyncio.sleep(0.1)
     assert len(stuck) == 1 and stuck[0]["attempts"] >= 1  # kept, and retried with backoff
 
     # Alice's stuck delivery must not hold up anyone else's.

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from babel import Locale
 
+from bot.telegram_bot import TelegramMessenger
 from bot.texts import DEFAULT_LANGUAGE, TEXTS_DIR, Texts, language_tag
 from engine.settings import CONFIG_DIR, load_settings
 
 CODES = sorted(path.stem for path in TEXTS_DIR.glob("*.toml"))
 OTHERS = [code for code in CODES if code != DEFAULT_LANGUAGE]
 PRESETS = tomllib.loads((CONFIG_DIR / "presets.toml").read_text(encoding="utf-8"))["presets"]
+TELEGRAM_LIFETIME = TelegramMessenger.message_lifetime
 OWN_TABLES = {"language", "styles"}  # per-language tables that English does not share key for key
 
 
@@ -138,6 +140,7 @@ def retention_numbers(text: str) -> list[int]:
 def test_every_policy_states_the_same_durations(overrides: dict[str, str]):
     settings = load_settings(overrides)
     texts = Texts(settings)
+    texts.cap_messages("telegram", TELEGRAM_LIFETIME)  # as the Telegram front-end does
     retention = settings.retention
     durations = [retention.photos, retention.model, retention.outputs, retention.jobs]
     for platform in (None, "telegram", "discord"):
@@ -152,7 +155,7 @@ def test_every_policy_states_the_same_durations(overrides: dict[str, str]):
             assert schedule in language.policy_full(platform)
     if retention.messages:
         for code in CODES:
-            capped = texts[code].duration(min(retention.messages, 47 * 3600))
+            capped = texts[code].duration(min(retention.messages, TELEGRAM_LIFETIME))
             assert capped in texts[code].schedule("telegram")
 
 
