@@ -66,7 +66,9 @@ async def test_a_german_discord_user_gets_german_throughout(
         ]
         assert "Bewerbungsfoto" in ready.labels
         await greta.press(ready, "style:headshot")
-        results = (await fake.wait_for(lambda: dm_with(fake, greta, text="KI-generiert von Likeness"), timeout=SLOW))[-1]
+        results = (
+            await fake.wait_for(lambda: dm_with(fake, greta, text="KI-generiert von Likeness"), timeout=SLOW)
+        )[-1]
         assert results.content == "Bewerbungsfoto · KI-generiert von Likeness"
         done = await eventually(lambda: _content(fake, progress.id), lambda text: text.startswith("Fertig"))
         assert done.endswith("100 %")
