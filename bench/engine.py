@@ -3,6 +3,8 @@
     python bench/engine.py                                   # tiny pipeline, whatever device is there
     python bench/engine.py --arch sdxl --random-weights      # real SDXL shapes, random weights, no download
     python bench/engine.py --model /models/sdxl-base --steps 200
+    python bench/engine.py --arch sd15 --random-weights --likeness-only --gen-steps 2 --images 1
+                                        # extra time of candidates, face refinement and the 2x pass
 
 Needs only torch, diffusers, peft, transformers, safetensors, accelerate, pillow and numpy, except the
 engine-overhead run (skip it with --no-overhead): that one drives the real Engine + Worker (vault, SQLite,
@@ -55,6 +57,59 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def likeness_extras(pipe, preset, images: int, candidates: int, device: torch.device, log=print) -> dict:
+    """Extra time of best-of-N (more candidates + dlib scoring), face refinement and the 2x pass, each
+    against the plain generation of ``images`` portraits measured here, in the same run.
+
+    Random weights draw no faces, so refinement gets a fixed face box (a quarter of the shorter side, in
+    the upper middle: a face in a wide shot); its cost does not depend on what is drawn there.
+    """
+    from engine.likeness import score
+
+    generator = Generator(pipe, cache_size=1)
+    warm = generator.generate(None, dataclasses.replace(preset, steps=1), "sks person", 1, seed=0)
+    score(warm[0], None)  # loads dlib's models
+
+    def timed(fn):
+        _sync(device)
+        started = time.perf_counter()
+        value = fn()
+        _sync(device)
+        return time.perf_counter() - started, value
+
+    base_s, drawn = timed(lambda: generator.generate(None, preset, "sks person", images, seed=0))
+    more_s, more = timed(lambda: generator.generate(None, preset, "sks person", images * candidates, seed=0))
+    score_s, _ = timed(lambda: [score(image, None) for image in more])
+    width, height = drawn[0].size
+    side = min(width, height) // 4
+    box = (width // 2 - side // 2, height // 4, width // 2 + side // 2, height // 4 + side)
+    refine_s, _ = timed(
+        lambda: [generator.refine_face(None, preset, "sks person", im, box, seed=1) for im in drawn]
+    )
+    hires_s, big = timed(lambda: [generator.upscale(None, preset, "sks person", im, seed=2) for im in drawn])
+    result = {
+        "likeness_images": images,
+        "likeness_image_size": [width, height],
+        "likeness_generate_seconds": round(base_s, 3),
+        "candidates": candidates,
+        "candidates_extra_seconds": round(more_s + score_s - base_s, 3),
+        "candidates_extra_ratio": round((more_s + score_s - base_s) / base_s, 3),
+        "scoring_seconds_per_image": round(score_s / len(more), 4),
+        "refine_extra_seconds": round(refine_s, 3),
+        "refine_extra_ratio": round(refine_s / base_s, 3),
+        "hires_extra_seconds": round(hires_s, 3),
+        "hires_extra_ratio": round(hires_s / base_s, 3),
+        "hires_size": list(big[0].size),
+    }
+    log(
+        f"likeness extras vs {images} x {width}x{height} ({base_s:.2f} s): {candidates} candidates "
+        f"+{result['candidates_extra_ratio'] * 100:.0f}% (scoring {score_s / len(more) * 1000:.0f} ms/image), "
+        f"face refinement +{result['refine_extra_ratio'] * 100:.0f}%, 2x pass to {big[0].size[0]}x"
+        f"{big[0].size[1]} +{result['hires_extra_ratio'] * 100:.0f}%"
+    )
+    return result
+
+
 def run_bench(args: argparse.Namespace, log=print) -> dict:
     """Run every measurement once and return the result dict (the hook for callers that add more keys)."""
     device, dtype = pick_device(args.device, args.dtype)
@@ -64,6 +119,15 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
     if args.gen_steps:
         preset = dataclasses.replace(preset, steps=args.gen_steps)
     log(f"device {device} dtype {str(dtype).removeprefix('torch.')} model {model}")
+    if args.likeness_only:
+        pipe = load_pipeline(model, device, dtype)
+        return {
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "model": model,
+            "generate_steps": preset.steps,
+            **likeness_extras(pipe, preset, args.images, args.candidates, device, log),
+        }
 
     _sync(device)
     started = time.perf_counter()
@@ -155,6 +219,8 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
             f"overhead {overhead['overhead_ratio'] * 100:.2f}%"
         )
 
+    extras = likeness_extras(pipe, preset, args.images, args.candidates, device, log) if args.likeness else {}
+
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     if peak_gb is not None:
         log(f"peak CUDA memory {peak_gb:.1f} GiB")
@@ -182,6 +248,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
         "engine_job_seconds": None if overhead is None else round(overhead["job_seconds"], 3),
         "engine_compute_seconds": None if overhead is None else round(overhead["compute_seconds"], 3),
         "overhead_ratio": None if overhead is None else round(overhead["overhead_ratio"], 4),
+        **extras,
     }
 
 
@@ -273,6 +340,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="overhead",
         action="store_false",
         help="skip the engine-overhead run (a whole job through the real Engine + Worker)",
+    )
+    parser.add_argument("--candidates", type=int, default=2, help="candidates per portrait (best-of-N)")
+    parser.add_argument(
+        "--no-likeness",
+        dest="likeness",
+        action="store_false",
+        help="skip the extra time of candidates, face refinement and the 2x pass",
+    )
+    parser.add_argument(
+        "--likeness-only", action="store_true", help="only measure candidates, refinement and the 2x pass"
     )
     return parser.parse_args(argv)
 

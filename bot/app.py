@@ -94,6 +94,12 @@ class App:
 
     async def start(self) -> None:
         """Overdue deletions first, then the front-ends, the loops and the worker."""
+        public = any(platform != "console" for platform in self.conversation.messengers)
+        if public and not self.settings.operator_contact:  # the console's only user is the operator
+            log.warning(
+                "LIKENESS_OPERATOR_CONTACT is not set: /privacy tells users that the operator has not set a "
+                "contact address; set an email address or URL"
+            )
         await self.background.start(self.delete_message, self.stop_event)
         for frontend in self.frontends:
             try:

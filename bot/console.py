@@ -56,6 +56,7 @@ class ConsoleFrontend:
         self.buttons: list[Button] = []
         self.next_id = 0
         self.on_quit: Callable[[], None] = lambda: None
+        self.saved: list[Path] = []  # every file written for the user, removed again by /forget
         self.conversation: Conversation | None = None  # given by the App
         self._reader: asyncio.Task | None = None
 
@@ -74,6 +75,7 @@ class ConsoleFrontend:
         for name, data in [*zip(names, reply.images, strict=True), *reply.files]:
             path = self.out_dir / name
             path.write_bytes(data)
+            self.saved.append(path)
             lines.append(f"   📎 saved {path}")
         if reply.buttons:
             self.buttons = [button for row in reply.buttons for button in row]
@@ -86,6 +88,16 @@ class ConsoleFrontend:
 
     async def delete(self, chat: Chat, message_id: str) -> bool:
         return True
+
+    async def delete_saved_files(self, chat: Chat) -> int:
+        """/forget: remove every portrait and /mydata file this console wrote; returns how many."""
+        removed = 0
+        for path in self.saved:
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        self.saved.clear()
+        return removed
 
     async def acknowledge(self, event: Event, text: str = "") -> None:
         if text:
@@ -109,17 +121,23 @@ class ConsoleFrontend:
             photos = []
             for name in shlex.split(line[6:]):
                 path = Path(name).expanduser()
-                size = path.stat().st_size if path.is_file() else None
+                if not path.is_file():
+                    self.write(f"   no such file: {name}")
+                    continue
                 photos.append(
-                    IncomingPhoto(size=size, download=lambda p=path: asyncio.to_thread(p.read_bytes))
+                    IncomingPhoto(
+                        size=path.stat().st_size,
+                        download=lambda p=path: asyncio.to_thread(p.read_bytes),
+                        name=path.name,
+                    )
                 )
-            return PhotoMessage(self.chat, tuple(photos))
+            return PhotoMessage(self.chat, tuple(photos)) if photos else None
         return TextMessage(self.chat, line)
 
     async def _read_loop(self) -> None:
         self.write("Likeness console. Type /start to begin, `photo PATH ...` to send photos, quit to leave.")
         while True:
-            line = await asyncio.to_thread(sys.stdin.readline)
+            line = await asyncio.to_thread(self._read_line)
             if not line or line.strip() in {"quit", "exit"}:
                 self.on_quit()
                 return
@@ -130,6 +148,14 @@ class ConsoleFrontend:
                 continue
             if event is not None and self.conversation is not None:
                 await self.conversation.dispatch(event)
+
+    @staticmethod
+    def _read_line() -> str:
+        """One line from stdin, after a `> ` prompt when a person types it (not when input is piped)."""
+        if sys.stdin.isatty():
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        return sys.stdin.readline()
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop())

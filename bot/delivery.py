@@ -1,8 +1,10 @@
 """The outbox loop: sends finished work (model ready, portraits, failures) and records every send.
 
-A delivery row is marked sent right after the platform accepted the message, together with the ids of the
-messages (for /forget and the messages deadline). A bot killed before that resends on restart; nothing is
-lost. Delivered portraits are deleted from the server at once (retention: outputs).
+A delivery is sent in parts, one platform call each (the images as one album, then the "another style"
+button); each accepted part is recorded at once with its message ids (for /forget and the messages
+deadline), so a restart resumes after the last acknowledged part and never repeats it. Only a kill in the
+milliseconds between the platform's answer and that record can repeat one part. Delivered portraits are
+deleted from the server at once (retention: outputs).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
         return [Reply(t("job_failed", reason=delivery.error or t("unknown_error")))]
     preset = engine.presets.get(delivery.preset or "")
     label = t.style_label(delivery.preset or "", preset.label) if preset else t("portrait")
-    caption = t("results_caption", label=label)
+    caption = "\n".join([t("results_caption", label=label), *likeness_lines(conversation, delivery)])
     names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
     images = tuple(data for _, data in delivery.images)
     mode = engine.settings.provenance.deliver_as
@@ -38,8 +40,28 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
         replies.append(portraits)
     if mode in {"files", "both"}:
         replies.append(replace(portraits, as_files=True))
-    replies[-1] = replace(replies[-1], buttons=conversation.buttons.another_style())
+    # The button is its own part: a lost button message never makes the portraits resend.
+    replies.append(Reply("⬆️", buttons=conversation.buttons.another_style()))
     return replies
+
+
+def likeness_lines(conversation: Conversation, delivery: Delivery) -> list[str]:
+    """Under the album: each portrait's likeness ("1: Likeness 87%", or that no face was found), and the
+    gate's note when some are under the operator's minimum. Nothing for portraits that were not scored."""
+    t = conversation.t
+    labels = []
+    for n, score in enumerate(delivery.scores, start=1):
+        if score.likeness is not None:
+            labels.append(f"{n}: {t('likeness', percent=score.likeness)}")
+        elif score.faces == 0:
+            labels.append(f"{n}: {t('likeness_no_face')}")
+    lines = [" · ".join(labels)] if labels else []
+    below = sum(1 for score in delivery.scores if score.below_minimum)
+    if below:
+        count = len(delivery.scores)
+        minimum = conversation.engine.settings.engine.min_likeness
+        lines.append(t("likeness_note", reaching=count - below, count=count, minimum=minimum))
+    return lines
 
 
 async def deliver_pending(conversation: Conversation, platform: str) -> int:
@@ -71,19 +93,21 @@ async def _deliver(conversation: Conversation, platform: str, delivery: Delivery
     messenger = conversation.messengers[platform]
     chat = Chat(platform, delivery.chat["chat_id"], delivery.chat["user_id"], True)
     progress_id = await engine.progress_message(delivery.job_id)
-    if progress_id:
+    if progress_id and not delivery.parts_sent:
         done = conversation.progress_text("done", 1.0) if delivery.kind != "failed" else "—"
         try:
             await messenger.edit(chat, progress_id, Reply(done))
         except Exception:
             log.warning("the progress message could not be edited")
-    message_ids: list[str] = []
     if delivery.kind == "portraits" and not delivery.images:  # expired before it could be sent
         await engine.delivered(delivery, [], platform)
         return
-    for reply in delivery_replies(conversation, delivery):
-        message_ids += await messenger.send(chat, reply)
-    await engine.delivered(delivery, message_ids, platform)
+    for part, reply in enumerate(delivery_replies(conversation, delivery)):
+        if part < delivery.parts_sent:
+            continue  # the platform accepted it before a restart: never sent twice
+        message_ids = await messenger.send(chat, reply)
+        await engine.part_sent(delivery, part, message_ids, platform)  # at once, before the next send
+    await engine.delivered(delivery, [], platform)
 
 
 async def run_deliveries(

@@ -37,11 +37,13 @@ class IncomingPhoto:
 
     `size` is what the platform reports (None when unknown), checked before `download` is called.
     `download` fetches the bytes; the conversation calls it only after consent, in a private chat.
+    `name` is the file name where the user chose one (the console's paths); it is only shown back to them.
     """
 
     size: int | None
     download: Callable[[], Awaitable[bytes]]
     as_file: bool = False
+    name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ class Conversation:
         """Answer `messenger.platform`'s events through it; its message lifetime caps the policy text."""
         self.messengers[messenger.platform] = messenger
         self.t.cap_messages(messenger.platform, messenger.message_lifetime)
+        self.engine.cap_messages(messenger.platform, messenger.message_lifetime)
 
     # -- dispatch ----------------------------------------------------------------------------------------
     async def dispatch(self, event: Event, apologise: Apology | None = None) -> bool:
@@ -224,7 +225,7 @@ class Conversation:
         await self.say(event.chat, self.consent_reply(event.chat, lead), event)
 
     async def help(self, event: Command, user_id: str) -> None:
-        await self.say(event.chat, Reply(self.t("help")), event)
+        await self.say(event.chat, Reply(self.t("help", event.chat.platform)), event)
 
     async def privacy(self, event: Command, user_id: str) -> None:
         await self.say(event.chat, Reply(self.t.policy_full(event.chat.platform)), event)
@@ -247,7 +248,10 @@ class Conversation:
             await self.engine.report_language(user_id, self.t.resolve(chat.language))
         upload = self.engine.settings.upload
         await self.say(
-            chat, Reply(self.t("consented", min_photos=upload.min_photos, max_photos=upload.max_photos))
+            chat,
+            Reply(
+                self.t("consented", chat.platform, min_photos=upload.min_photos, max_photos=upload.max_photos)
+            ),
         )
 
     async def require_consent(self, chat: Chat, user_id: str, event: Event | None = None) -> bool:
@@ -270,24 +274,29 @@ class Conversation:
         await self.engine.touch_user(user_id, chat.platform, self.address(chat))
         lines: list[str] = []
         count = await self.engine.photo_count(user_id)
-        for photo in event.photos:
-            number = count + 1
+        for place, photo in enumerate(event.photos, start=1):
+            # Each answer names its photo by its place in this message (and its file name, where the
+            # user chose one), whatever happened to the ones before it.
+            which = {
+                "number": f"{place}/{len(event.photos)}",
+                "name": f" ({photo.name})" if photo.name else "",
+            }
             outcome: Accepted | Rejected | None = self.engine.check_size(photo.size)
             if outcome is None:
                 try:
                     data = await photo.download()
                 except Exception:
                     log.warning("a photo download failed")
-                    lines.append(self.t("download_failed"))
+                    lines.append(self.t("photo_download_failed", **which))
                     continue
                 result = await self.engine.add_photo(user_id, data)
                 del data
                 outcome, count = result.outcome, result.count
             if isinstance(outcome, Accepted):
-                lines.append(self.t("photo_accepted", number=number))
+                lines.append(self.t("photo_accepted", count=count, **which))
             else:
                 reason, tip = self.t.rejection(outcome)
-                lines.append(self.t("photo_rejected", number=number, reason=reason, tip=tip).strip())
+                lines.append(self.t("photo_rejected", reason=reason, tip=tip, **which).strip())
         await self.say(chat, self.upload_summary(lines, count))
 
     def upload_summary(self, lines: list[str], count: int) -> Reply:
@@ -350,9 +359,10 @@ class Conversation:
         position = await self.engine.job_position(user_id, job_id)
         if position is None:
             return ""
+        eta = self.t.eta(position.eta_seconds, position.estimated)
         if position.ahead == 0:
-            return self.t("queue_position_now", eta=self.t.eta(position.eta_seconds))
-        return self.t("queue_position", count=position.ahead, eta=self.t.eta(position.eta_seconds))
+            return self.t("queue_position_now", eta=eta)
+        return self.t("queue_position", count=position.ahead, eta=eta)
 
     async def show_progress(
         self, chat: Chat, user_id: str, job_id: str, text: str, event: Event | None = None
@@ -424,7 +434,7 @@ class Conversation:
                 kind=self.t.job_word(job.kind),
                 state=self.t.job_word(job.state),
                 percent=round(job.progress * 100),
-                eta=self.t.eta(pos.eta_seconds),
+                eta=self.t.eta(pos.eta_seconds, pos.estimated),
             )
             for job, pos in status.jobs
         )
@@ -443,7 +453,11 @@ class Conversation:
             jobs=jobs or none,
             messages=messages,
         )
-        await self.say(event.chat, Reply(text + "\n\n" + self.t.schedule(event.chat.platform)), event)
+        # The schedule below states this user's own /settings choices, not the operator's defaults.
+        schedule = self.t.schedule(
+            event.chat.platform, status.model_retention, status.message_retention or 0.0
+        )
+        await self.say(event.chat, Reply(text + "\n\n" + schedule), event)
 
     async def settings(self, event: Command, user_id: str) -> None:
         if not await self.require_consent(event.chat, user_id, event):
@@ -486,6 +500,10 @@ class Conversation:
             await self.say(event.chat, Reply(self.t("mydata_empty")), event)
             return
         summary, archive = await self.engine.export(user_id)
+        if archive is None:  # no photos or portraits: no empty zip
+            files = (("likeness-data.json", summary),)
+            await self.say(event.chat, Reply(self.t("mydata_caption_no_files"), files=files), event)
+            return
         files = (("likeness-data.json", summary), ("likeness-files.zip", archive))
         await self.say(event.chat, Reply(self.t("mydata_caption"), files=files), event)
 
@@ -511,6 +529,9 @@ class Conversation:
                 log.warning("deleting a delivered message failed")
         receipt = await self.engine.forget(user_id)
         counts = {**receipt.counts, "chat messages": deleted}
+        delete_saved_files = getattr(messenger, "delete_saved_files", None)
+        if delete_saved_files is not None:  # the console: the files it wrote on this computer
+            counts["files saved on this computer"] = await delete_saved_files(chat)
         lines = "\n".join(
             self.t("receipt_line", what=self.t.receipt_label(name), count=count)
             for name, count in counts.items()

@@ -42,11 +42,13 @@ from telegram.ext import (
     CallbackQueryHandler,
     ContextTypes,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
 from bot.events import ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply, TextMessage
 from bot.flow import COMMANDS, Conversation
+from bot.telegram_safety import HoldingApplication, TolerantBot, ignore_without_user
 from engine.settings import SettingsError, Url
 
 log = logging.getLogger(__name__)
@@ -275,20 +277,27 @@ class TelegramFrontend:
     def __init__(self, settings: TelegramSettings, conversation: Conversation):
         self.settings = settings
         api = settings.api_url.rstrip("/")
+        bot = TolerantBot(
+            settings.token,
+            base_url=f"{api}/bot",
+            base_file_url=f"{api}/file/bot",
+            rate_limiter=AIORateLimiter(max_retries=3),
+        )
         self.app = (
             ApplicationBuilder()
-            .token(settings.token)
-            .base_url(f"{api}/bot")
-            .base_file_url(f"{api}/file/bot")
-            .rate_limiter(AIORateLimiter(max_retries=3))
+            .bot(bot)
+            .application_class(HoldingApplication)
             .concurrent_updates(True)
             .build()
         )
+        self.bot = bot
         self.conversation = conversation
         self.dispatch = conversation.dispatch
         self.messenger = TelegramMessenger(self.app, settings.protect_content)
         self._albums: dict[str, list[IncomingPhoto]] = {}
+        self._album_updates: dict[str, list[int]] = {}
         self._album_tasks: dict[str, asyncio.Task] = {}
+        self.app.add_handler(TypeHandler(object, ignore_without_user), group=-1)
         self.app.add_handler(MessageHandler(filters.COMMAND, self.on_command))
         self.app.add_handler(CallbackQueryHandler(self.on_button))
         self.app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, self.on_photo))
@@ -322,6 +331,8 @@ class TelegramFrontend:
             return
         key = f"{chat.chat_id}:{group}"
         self._albums.setdefault(key, []).append(photo)
+        self.bot.adopt(update.update_id)  # acknowledged only once the album is answered
+        self._album_updates.setdefault(key, []).append(update.update_id)
         if key in self._album_tasks:
             self._album_tasks[key].cancel()
         self._album_tasks[key] = asyncio.create_task(self._flush_album(key, chat))
@@ -329,9 +340,14 @@ class TelegramFrontend:
     async def _flush_album(self, key: str, chat: Chat) -> None:
         await asyncio.sleep(ALBUM_WAIT_SECONDS)
         photos = self._albums.pop(key, [])
+        update_ids = self._album_updates.pop(key, [])
         self._album_tasks.pop(key, None)
-        if photos:
-            await self.dispatch(PhotoMessage(chat, tuple(photos)))
+        try:
+            if photos:
+                await self.dispatch(PhotoMessage(chat, tuple(photos)))
+        finally:
+            for update_id in update_ids:
+                self.bot.release(update_id)
 
     async def set_commands(self) -> None:
         """The command menu in every language: English by default, each other language for its users."""

@@ -106,9 +106,17 @@ class Language:
         entry = self.lookup(table, key)
         return self.plural(entry, values.get("count", 0)).format(**values)
 
-    def __call__(self, key: str, **values: Any) -> str:
-        """A message from [messages], formatted with `values` (a plural one is chosen by `count`)."""
-        return self.text("messages", key, **values)
+    def __call__(self, key: str, platform: str | None = None, **values: Any) -> str:
+        """A message from [messages], formatted with `values` (a plural one is chosen by `count`); a
+        `[<platform>]` table ([console]) may replace it."""
+        table = "messages"
+        if platform:
+            try:
+                self.lookup(platform, key)
+                table = platform
+            except KeyError:
+                pass
+        return self.text(table, key, **values)
 
     def button(self, key: str) -> str:
         return self.lookup("buttons", key)
@@ -158,13 +166,16 @@ class Language:
         )
         return self._timedelta(seconds, unit)
 
-    def eta(self, seconds: float) -> str:
-        """A rounded estimate: '15 seconds', '4 minutes', '2 hours'."""
+    def eta(self, seconds: float, estimated: bool = False) -> str:
+        """A rounded estimate: '15 seconds', '4 minutes', '2 hours'; marked as an estimate ('estimating')
+        until a duration was measured."""
         if seconds < 90:
-            return self._timedelta(max(5, round(seconds / 5) * 5), "second")
-        if seconds < 5400:
-            return self._timedelta(round(seconds / 60) * 60, "minute")
-        return self._timedelta(round(seconds / 3600) * 3600, "hour")
+            text = self._timedelta(max(5, round(seconds / 5) * 5), "second")
+        elif seconds < 5400:
+            text = self._timedelta(round(seconds / 60) * 60, "minute")
+        else:
+            text = self._timedelta(round(seconds / 3600) * 3600, "hour")
+        return self("eta_estimated", eta=text) if estimated else text
 
     def _timedelta(self, seconds: float, unit: str) -> str:
         # An infinite threshold makes Babel use exactly `unit` (its granularity) instead of rounding up.
@@ -178,15 +189,23 @@ class Language:
         return format_datetime(moment, "medium", tzinfo=UTC, locale=self.locale)
 
     # -- the privacy policy ------------------------------------------------------------------------------
-    def schedule(self, platform: str | None = None) -> str:
+    def schedule(
+        self, platform: str | None = None, model: float | None = None, messages: float | None = None
+    ) -> str:
+        """The retention lines; `model` / `messages` are a user's own choices from /settings (None: the
+        operator's defaults, as in the policy)."""
         retention = self.settings.retention
+        model_key = "schedule_model" if model is None or model == retention.model else "schedule_model_chosen"
         lines = [
             self.text("policy", "schedule_photos", photos=self.duration(retention.photos)),
-            self.text("policy", "schedule_model", model=self.duration(retention.model)),
+            self.text("policy", model_key, model=self.duration(retention.model if model is None else model)),
             self.text("policy", "schedule_outputs", outputs=self.duration(retention.outputs)),
         ]
-        if retention.messages > 0:
-            seconds = min(retention.messages, self.message_caps.get(platform or "", math.inf))
+        messages = retention.messages if messages is None else messages
+        if platform == "console":
+            lines.append(self.text("policy", "schedule_messages_console"))
+        elif messages > 0:
+            seconds = min(messages, self.message_caps.get(platform or "", math.inf))
             lines.append(self.text("policy", "schedule_messages_on", messages=self.duration(seconds)))
         else:
             lines.append(self.text("policy", "schedule_messages_off"))
@@ -211,7 +230,7 @@ class Language:
             "policy",
             "full",
             version=self.policy_version,
-            operator=self.settings.operator_contact,
+            operator=self.settings.operator_contact or self.lookup("policy", "no_operator_contact"),
             schedule=self.schedule(platform),
         )
 
@@ -284,8 +303,8 @@ class Texts:
         finally:
             _CURRENT.reset(token)
 
-    def __call__(self, key: str, **values: Any) -> str:
-        return self.current(key, **values)
+    def __call__(self, key: str, platform: str | None = None, **values: Any) -> str:
+        return self.current(key, platform, **values)
 
     def __getattr__(self, name: str) -> Any:
         if name in {"default", "languages"}:  # not set yet (during __init__ or unpickling)

@@ -3,6 +3,9 @@
 python -m engine                      run a worker (claims jobs until SIGTERM/Ctrl-C)
 python -m engine rotate-master-key    re-wrap every data key under a new master key
 python -m engine verify IMAGE...      print which AI-generated marks each image carries
+python -m engine eval PHOTOS_DIR [--holdout K] [--presets a,b] [--runs N] [--steps S]
+                                      train on the photos minus K, report the portraits' likeness to the
+                                      held-out ones vs the base model (JSON last line; docs/likeness.md)
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import os
 import sys
 
-from engine.errors import VaultError
+from engine.errors import StartupError, VaultError
 from engine.runtime import install_stop_signals, setup_logging
 from engine.settings import Settings, SettingsError, load_settings
 
@@ -32,9 +35,11 @@ async def run_worker(settings: Settings) -> None:
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
-    await asyncio.gather(task, return_exceptions=True)
+    [outcome] = await asyncio.gather(task, return_exceptions=True)
     stopper.cancel()
     await engine.close()
+    if isinstance(outcome, BaseException):  # e.g. the model could not be loaded: main() says why
+        raise outcome
     log.info("worker stopped")
 
 
@@ -73,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         from engine.provenance import verify_main
 
         return verify_main(argv[1:])
+    if argv and argv[0] == "eval":
+        from engine.evaluate import main as eval_main
+
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return eval_main(argv[1:])
     try:
         settings = load_settings()
     except SettingsError as error:
@@ -86,16 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             print(__doc__, file=sys.stderr)
             return 2
         asyncio.run(run_worker(settings))
-    except VaultError as error:
+    except (StartupError, VaultError) as error:  # a model or device that cannot be used: one clear line
         print(f"likeness: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # a model that cannot be loaded, etc.: one clear line
-        from engine.ml.pipeline import ModelLoadError
-
-        if isinstance(error, ModelLoadError):
-            print(f"likeness: {error}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 

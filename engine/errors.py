@@ -6,6 +6,8 @@ ever shown to a user as a reason. Everything else is a bug or an operator proble
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any, Literal, get_args
 
 Reason = Literal[
@@ -14,6 +16,8 @@ Reason = Literal[
     "no_model",  # a style was asked for before any model exists or is being trained
     "unknown_style",  # the preset is not offered (any more)
     "not_yours",  # the job (or message) named belongs to someone else, or does not exist
+    "storage_full",  # the server's disk is full (or over quota): nothing was stored, try later
+    "busy",  # the database stayed locked by another process: nothing was stored, try again
 ]
 REASONS: frozenset[str] = frozenset(get_args(Reason))
 
@@ -27,6 +31,17 @@ class Refused(Exception):
         super().__init__(reason)
         self.reason: Reason = reason
         self.detail: dict[str, Any] = detail
+
+
+def storage_refusal(error: BaseException) -> Refused | None:
+    """The refusal for a storage fault the user can be told about (disk full, database locked), else None."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return Refused("storage_full")
+    if isinstance(error, sqlite3.OperationalError) and any(
+        word in str(error).lower() for word in ("database is locked", "database is busy", "disk is full")
+    ):
+        return Refused("storage_full") if "full" in str(error).lower() else Refused("busy")
+    return None
 
 
 class StartupError(Exception):

@@ -11,18 +11,23 @@ import asyncio
 import io
 import json
 import logging
+import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
-from engine.errors import Refused
+from engine.errors import Refused, storage_refusal
+from engine.estimates import prior_seconds
+from engine.export import readable
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
+from engine.likeness import Signature
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
-from engine.retention import MessageDeleter, Retention, message_cap
+from engine.retention import MessageDeleter, Retention
 from engine.settings import Settings
 from engine.vault import Pseudonymizer, Vault, load_or_create_master_key, open_vault
 
@@ -34,6 +39,7 @@ __all__ = [
     "Job",
     "MessageTarget",
     "PhotoResult",
+    "PortraitScore",
     "Preset",
     "QueuePosition",
     "Receipt",
@@ -41,11 +47,18 @@ __all__ = [
     "Rejected",
     "RunningJob",
     "UserStatus",
-    "message_cap",
 ]
 
 log = logging.getLogger(__name__)
 
+# What /mydata says about the signature: in words, never its numbers.
+SIGNATURE_DESCRIPTION = (
+    "A face signature is kept with your personal model: the average of the face measurements taken from "
+    "the photos you sent (a list of numbers describing your face, not a picture). It is used only to pick "
+    "the portraits that look most like you and to tell you how alike they are. It is encrypted with your "
+    "own key and deleted together with your model, or at once with /forget. Its numbers are not shown "
+    "here on purpose."
+)
 MAX_DELIVERY_ATTEMPTS = 40  # with exponential backoff capped at 1 h: about a day of tries
 
 
@@ -67,6 +80,18 @@ class Delivery:
     preset: str | None = None
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
     error: str | None = None
+    scores: list[PortraitScore] = field(default_factory=list)  # one per image, same order
+    parts_sent: int = 0  # parts (platform sends) already accepted: a restart skips them
+
+
+@dataclass(frozen=True)
+class PortraitScore:
+    """How one delivered portrait was judged: faces found (None: not scored), 0-100 likeness (None: no
+    face, or no signature to compare with) and whether it is under the operator's minimum likeness."""
+
+    faces: int | None
+    likeness: int | None
+    below_minimum: bool
 
 
 @dataclass(frozen=True)
@@ -133,7 +158,8 @@ class Engine:
         self.vault = vault
         self.presets = presets
         self.pseudonyms = Pseudonymizer(vault)
-        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts)
+        priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate")}
+        self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts, priors=priors)
         self.retention = Retention(self.tables, self.queue, vault)
         self.limits = IntakeLimits(
             max_bytes=settings.upload.max_mb * 1024 * 1024,
@@ -141,6 +167,8 @@ class Engine:
             min_side=settings.upload.min_side,
         )
         self._user_locks: dict[str, asyncio.Lock] = {}
+        # platform -> how long it lets a bot delete its messages; registered by the front-ends
+        self.message_caps: dict[str, float] = {}
 
     @classmethod
     async def open(cls, settings: Settings, clock: Clock | None = None) -> Engine:
@@ -161,6 +189,10 @@ class Engine:
     @property
     def clock(self) -> Clock:
         return self.store.clock
+
+    def cap_messages(self, platform: str, seconds: float) -> None:
+        """A platform's limit on deleting sent messages (Telegram: 48 h): message deadlines stay within it."""
+        self.message_caps[platform] = seconds
 
     async def is_known(self, user_id: str) -> bool:
         """True if anything of the user is stored (a user row exists)."""
@@ -248,7 +280,19 @@ class Engine:
             outcome = await asyncio.to_thread(process_photo, data, self.limits, previous)
             if isinstance(outcome, Rejected):
                 return PhotoResult(outcome, count)
-            photo_id = new_id()
+            try:
+                await self._store_photo(user_id, outcome)
+            except Refused as refusal:  # disk full or database locked: nothing of the photo stays
+                log.warning("a photo was not stored: %s", refusal.reason)
+                return PhotoResult(Rejected(refusal.reason, {}), count)
+            return PhotoResult(outcome, count + 1)
+
+    async def _store_photo(self, user_id: str, outcome: Accepted) -> None:
+        """Blob, then row and deadline in one transaction; on a storage fault the blob is removed
+        again and `Refused` (storage_full, busy) raised."""
+        photo_id = new_id()
+        async with self._blobs_or_nothing(user_id) as written:
+            written.append(photo_id)  # before the write: a failure after the rename leaves it
             await asyncio.to_thread(self.vault.put, user_id, "photo", photo_id, outcome.image)
             sealed = self.vault.seal(user_id, "fingerprint", photo_id, outcome.fingerprint.to_bytes())
             async with self.store.transaction():
@@ -256,7 +300,21 @@ class Engine:
                 await self.retention.set_deadline(
                     user_id, "photo", photo_id, self.clock.now() + self.settings.retention.photos
                 )
-            return PhotoResult(outcome, count + 1)
+
+    @asynccontextmanager
+    async def _blobs_or_nothing(self, user_id: str) -> AsyncIterator[list[str]]:
+        """Yields a list to append each written blob id to. If the block fails, those blobs are
+        deleted (no orphan ciphertext, no half-written file) and a storage fault becomes `Refused`."""
+        written: list[str] = []
+        try:
+            yield written
+        except Exception as error:
+            for blob_id in written:
+                self.vault.delete(user_id, blob_id)
+            refusal = storage_refusal(error)
+            if refusal is None:
+                raise
+            raise refusal from error
 
     async def photos(self, user_id: str) -> list[tuple[str, bytes]]:
         """The user's stored photos (decrypted, in memory), oldest first."""
@@ -300,10 +358,12 @@ class Engine:
         return await self._enqueue(user_id, "generate", payload)
 
     async def _enqueue(self, user_id: str, kind: str, payload: dict[str, Any]) -> str:
-        job_id = await self.queue.enqueue(user_id, kind, payload)
-        await self.retention.set_deadline(
-            user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
-        )
+        """Queue a job with its deadline; a locked database or a full disk is `Refused`."""
+        async with self._blobs_or_nothing(user_id), self.store.transaction():
+            job_id = await self.queue.enqueue(user_id, kind, payload)
+            await self.retention.set_deadline(
+                user_id, "job", job_id, self.clock.now() + self.settings.retention.jobs
+            )
         return job_id
 
     async def job(self, user_id: str, job_id: str) -> Job | None:
@@ -337,46 +397,100 @@ class Engine:
     ) -> bool:
         """Store a trained model and finish the job, if this attempt still owns it. The previous model and
         the photos trained on are deleted afterwards (photos are kept only until training succeeds).
-        Returns False (and stores nothing) when the job was lost meanwhile."""
+        The model keeps the user's face signature (the mean of the photos' face descriptors, sealed), so
+        it lives and dies with the model. Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
         adapter_id = new_id()
-        await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
-        keep = await self.model_retention(user_id)
-        async with self.store.transaction():
-            if not await self.queue.is_current(job):
-                await self._discard(user_id, [adapter_id])
-                return False
-            old = await self.tables.adapters.ids(user_id)
-            await self.tables.adapters.add(adapter_id, user_id, token, losses)
-            await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
-            await self._finish(job, "trained")
+        async with self._blobs_or_nothing(user_id) as written:
+            written.append(adapter_id)  # before the write: a failure after the rename leaves it
+            await asyncio.to_thread(self.vault.put, user_id, "adapter", adapter_id, weights)
+            signature = await self._signature_of_photos(user_id, photo_ids)
+            sealed = (
+                self.vault.seal(user_id, "signature", adapter_id, signature.to_bytes()) if signature else None
+            )
+            keep = await self.model_retention(user_id)
+            async with self.store.transaction():
+                if not await self.queue.is_current(job):
+                    await self._discard(user_id, [adapter_id])
+                    return False
+                old = await self.tables.adapters.ids(user_id)
+                await self.tables.adapters.add(adapter_id, user_id, token, losses, sealed)
+                await self.retention.set_deadline(user_id, "adapter", adapter_id, self.clock.now() + keep)
+                await self._finish(job, "trained")
         for old_id in old:  # a retrained model replaces the previous one
             await self.retention.expire("adapter", user_id, old_id)
         for photo_id in photo_ids:
             await self.retention.expire("photo", user_id, photo_id)
         return True
 
-    async def record_portraits(self, job: Job, preset_key: str, images: list[bytes], adapter_id: str) -> bool:
-        """Store the encoded portraits of a generation job and finish it, if this attempt still owns it;
-        the model's lifetime starts again. Returns False (and stores nothing) when the job was lost."""
+    async def _signature_of_photos(self, user_id: str, photo_ids: list[str]) -> Signature | None:
+        """The mean face descriptor of the given photos (their sealed intake fingerprints)."""
+        wanted = set(photo_ids)
+        embeddings = [
+            Fingerprint.from_bytes(
+                self.vault.open(user_id, "fingerprint", row["id"], row["fingerprint"])
+            ).embedding
+            for row in await self.tables.photos.fingerprints(user_id)
+            if row["id"] in wanted
+        ]
+        return Signature.from_embeddings(embeddings) if embeddings else None
+
+    async def signature(self, user_id: str) -> Signature | None:
+        """The face signature kept with the user's current model (None: no model, or one trained before
+        signatures existed). Opened in memory for the worker; never logged or exported."""
+        adapter = await self.adapter(user_id)
+        if adapter is None or adapter["signature"] is None:
+            return None
+        return Signature.from_bytes(
+            self.vault.open(user_id, "signature", adapter["id"], adapter["signature"])
+        )
+
+    async def record_portraits(
+        self,
+        job: Job,
+        preset_key: str,
+        images: list[bytes],
+        adapter_id: str,
+        scores: list[PortraitScore] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store the encoded portraits of a generation job (with their scores, and the job's measurements
+        in ``metadata``) and finish it, if this attempt still owns it; the model's lifetime starts again.
+        Returns False (and stores nothing) when the job was lost."""
         user_id = job.user_id
+        scores = scores or [PortraitScore(None, None, False)] * len(images)
+        if len(scores) != len(images):
+            raise ValueError("one score per image")
         output_ids = [new_id() for _ in images]
-        for output_id, data in zip(output_ids, images, strict=True):
-            await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
-        now = self.clock.now()
-        keep = await self.model_retention(user_id)
-        async with self.store.transaction():
-            if not await self.queue.is_current(job):
-                await self._discard(user_id, output_ids)
-                return False
-            for position, output_id in enumerate(output_ids):
-                await self.tables.outputs.add(output_id, user_id, job.id, preset_key, position)
-                await self.retention.set_deadline(
-                    user_id, "output", output_id, now + self.settings.retention.outputs
-                )
-            await self.tables.adapters.touch(adapter_id, now)
-            await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
-            await self._finish(job, "portraits")
+        async with self._blobs_or_nothing(user_id) as written:
+            for output_id, data in zip(output_ids, images, strict=True):
+                written.append(output_id)  # before the write: a failure after the rename leaves it
+                await asyncio.to_thread(self.vault.put, user_id, "output", output_id, data)
+            now = self.clock.now()
+            keep = await self.model_retention(user_id)
+            async with self.store.transaction():
+                if not await self.queue.is_current(job):
+                    await self._discard(user_id, output_ids)
+                    return False
+                for position, (output_id, score) in enumerate(zip(output_ids, scores, strict=True)):
+                    await self.tables.outputs.add(
+                        output_id,
+                        user_id,
+                        job.id,
+                        preset_key,
+                        position,
+                        score.faces,
+                        score.likeness,
+                        score.below_minimum,
+                    )
+                    await self.retention.set_deadline(
+                        user_id, "output", output_id, now + self.settings.retention.outputs
+                    )
+                if metadata is not None:
+                    await self.queue.set_metadata(job.id, metadata)
+                await self.tables.adapters.touch(adapter_id, now)
+                await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
+                await self._finish(job, "portraits")
         return True
 
     async def record_failure(self, job: Job, reason: str) -> str:
@@ -413,13 +527,16 @@ class Engine:
                 continue
             job = await self.queue.get(row["job_id"])
             images: list[tuple[str, bytes]] = []
+            scores: list[PortraitScore] = []
             preset = job.payload.get("preset") if job else None
             if row["kind"] == "portraits":
-                images = [
-                    (output_id, data)
-                    for output_id in await self.tables.outputs.ids_of_job(row["job_id"])
-                    if (data := self._output(row["user_id"], output_id)) is not None
-                ]
+                for output in await self.tables.outputs.scores_of_job(row["job_id"]):
+                    data = self._output(row["user_id"], output["id"])
+                    if data is not None:
+                        images.append((output["id"], data))
+                        scores.append(
+                            PortraitScore(output["faces"], output["likeness"], bool(output["below_minimum"]))
+                        )
             deliveries.append(
                 Delivery(
                     row["id"],
@@ -430,6 +547,8 @@ class Engine:
                     preset,
                     images,
                     job.error if job else None,
+                    scores,
+                    row["parts_sent"],
                 )
             )
         return deliveries
@@ -463,19 +582,31 @@ class Engine:
                 return
             await self._record_delivery(delivery, message_ids, platform)
 
-    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
+    async def part_sent(self, delivery: Delivery, part: int, message_ids: list[str], platform: str) -> None:
+        """Record at once that the platform accepted part `part` (0-based) of a delivery, with its message
+        ids: a restart resumes after it and never repeats an acknowledged send. Call it right after each
+        platform call returns; `delivered` then closes the delivery."""
+        async with self.user_lock(delivery.user_id):
+            if not await self.is_known(delivery.user_id):
+                return
+            async with self.store.transaction():
+                if await self.tables.deliveries.mark_part_sent(delivery.id, part + 1):
+                    await self._record_messages(delivery, message_ids, platform)
+
+    async def _record_messages(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         now = self.clock.now()
         message_retention = await self.message_retention(delivery.user_id, platform)
+        for message_id in message_ids:
+            row_id = await self.tables.messages.add(delivery.user_id, message_id, "result", delivery.job_id)
+            if delivery.kind == "portraits" and message_retention > 0:
+                await self.retention.set_deadline(
+                    delivery.user_id, "message", row_id, now + message_retention
+                )
+
+    async def _record_delivery(self, delivery: Delivery, message_ids: list[str], platform: str) -> None:
         async with self.store.transaction():
             await self.tables.deliveries.mark_sent(delivery.id)
-            for message_id in message_ids:
-                row_id = await self.tables.messages.add(
-                    delivery.user_id, message_id, "result", delivery.job_id
-                )
-                if delivery.kind == "portraits" and message_retention > 0:
-                    await self.retention.set_deadline(
-                        delivery.user_id, "message", row_id, now + message_retention
-                    )
+            await self._record_messages(delivery, message_ids, platform)
         for output_id, _ in delivery.images:
             await self.retention.expire("output", delivery.user_id, output_id)
 
@@ -512,7 +643,7 @@ class Engine:
         user = await self.tables.users.get(user_id)
         chosen = user["message_retention"] if user and user["message_retention"] is not None else None
         value = self.settings.retention.messages if chosen is None else chosen
-        return min(value, message_cap(platform)) if value > 0 else 0.0
+        return min(value, self.message_caps.get(platform, math.inf)) if value > 0 else 0.0
 
     async def set_model_retention(self, user_id: str, seconds: float) -> None:
         """A user's own choice, capped by the operator; applies at once to the current model."""
@@ -550,9 +681,9 @@ class Engine:
             message_retention=await self.message_retention(user_id, platform),
         )
 
-    async def export(self, user_id: str) -> tuple[bytes, bytes]:
-        """Everything stored about the user: a JSON summary and a zip of their photos and portraits.
-        Both are built in memory only."""
+    async def export(self, user_id: str) -> tuple[bytes, bytes | None]:
+        """Everything stored about the user: a JSON summary and a zip of their photos and portraits (None
+        when there are none). Both are built in memory only."""
         summary: dict[str, Any] = {"user": "you (stored under a pseudonym)", "consents": [], "photos": []}
         user = await self.tables.users.get(user_id)
         if user:
@@ -560,6 +691,8 @@ class Engine:
             summary["model_retention_seconds"] = await self.model_retention(user_id)
             summary["language"] = user["language"]
         summary.update(await self.tables.users.export(user_id))
+        if await self.signature(user_id) is not None:
+            summary["face_signature"] = SIGNATURE_DESCRIPTION
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
             for photo in summary["photos"]:
@@ -569,7 +702,8 @@ class Engine:
                     f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
                 )
         await self.tables.audit.add("export")
-        return json.dumps(summary, indent=2, default=str).encode(), archive.getvalue()
+        files = archive.getvalue() if summary["photos"] or summary["outputs"] else None
+        return json.dumps(readable(summary), indent=2, default=str).encode(), files
 
     async def forget(self, user_id: str) -> Receipt:
         """Erase the user: cancel jobs, shred the data key, delete blobs and rows, compact.

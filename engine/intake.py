@@ -176,11 +176,14 @@ def _process(data: bytes, limits: IntakeLimits, previous: Sequence[Fingerprint])
     found = faces.detect_faces(small_rgb, upsample=1, min_score=limits.face_score)
     if found:
         main = found[0]
-        others = [
+        candidates = [
             f
             for f in found[1:]
             if f.score >= limits.other_face_score and f.side >= main.side * limits.other_face_ratio
         ]
+        # HOG alone takes textured patches (a badge, a collar) for faces once a photo is turned a few
+        # degrees: a second face counts only when the CNN detector sees one there too (docs/intake.md).
+        others = [f for f in candidates if faces.confirm_face(small_rgb, f)]
         if others:
             return Rejected("several_faces", {"faces": 1 + len(others)})
     else:

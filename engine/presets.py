@@ -11,6 +11,7 @@ from pathlib import Path
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _ASPECT = re.compile(r"^(\d{1,2}):(\d{1,2})$")
 _MAX_RATIO = 3.0
+UPSCALES = (1, 2)
 
 
 class PresetError(Exception):
@@ -28,6 +29,8 @@ class Preset:
     steps: int
     guidance: float
     aspect: str
+    refine_face: bool = False  # regenerate the face region at the model's resolution (small faces)
+    upscale: int = 1  # 2: a second image-to-image pass at twice the size
 
     def render(self, token: str) -> str:
         """The prompt with the user's token filled in (plain replace, so other braces are left alone)."""
@@ -39,6 +42,15 @@ def _field(key: str, table: dict, name: str, kind: type | tuple[type, ...]):
         raise PresetError(f"preset {key!r}: missing field {name!r}")
     value = table[name]
     if isinstance(value, bool) or not isinstance(value, kind):
+        raise PresetError(f"preset {key!r}: field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _optional(key: str, table: dict, name: str, kind: type, default: object):
+    if name not in table:
+        return default
+    value = table[name]
+    if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
         raise PresetError(f"preset {key!r}: field {name!r} has the wrong type ({type(value).__name__})")
     return value
 
@@ -59,7 +71,7 @@ def _preset(key: str, table: object) -> Preset:
         raise PresetError(f"preset {key!r}: key must be 1-32 lowercase letters, digits, '-' or '_'")
     if not isinstance(table, dict):
         raise PresetError(f"preset {key!r}: must be a table ([presets.{key}])")
-    known = {"label", "prompt", "negative_prompt", "steps", "guidance", "aspect"}
+    known = {"label", "prompt", "negative_prompt", "steps", "guidance", "aspect", "refine_face", "upscale"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise PresetError(f"preset {key!r}: unknown field {unknown[0]!r}")
@@ -70,6 +82,8 @@ def _preset(key: str, table: object) -> Preset:
     steps = _field(key, table, "steps", int)
     guidance = float(_field(key, table, "guidance", (int, float)))
     aspect = _field(key, table, "aspect", str).strip()
+    refine_face = _optional(key, table, "refine_face", bool, False)
+    upscale = _optional(key, table, "upscale", int, 1)
 
     if not label or len(label) > 64:
         raise PresetError(f"preset {key!r}: field 'label' must be 1-64 characters")
@@ -83,7 +97,9 @@ def _preset(key: str, table: object) -> Preset:
         parse_aspect(aspect)
     except ValueError as e:
         raise PresetError(f"preset {key!r}: field 'aspect' {e}") from None
-    return Preset(key, label, prompt, negative, steps, guidance, aspect)
+    if upscale not in UPSCALES:
+        raise PresetError(f"preset {key!r}: field 'upscale' must be 1 (off) or 2")
+    return Preset(key, label, prompt, negative, steps, guidance, aspect, refine_face, upscale)
 
 
 def load_presets(path: Path) -> dict[str, Preset]:

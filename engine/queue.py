@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,20 +55,30 @@ class Job:
 @dataclass(frozen=True)
 class QueuePosition:
     ahead: int  # jobs that will run before this one
-    eta_seconds: float  # until this one is done, from measured durations
+    eta_seconds: float  # until this one is done, from measured durations where there are any
+    estimated: bool = False  # some duration is a prior (engine.estimates), not yet measured here
 
 
-# Until durations have been measured, ETAs use these (seconds); measured values replace them.
+# Until durations have been measured, ETAs use priors (seconds): the facade passes ones estimated from the
+# configured model and device (engine.estimates); these are the fallback. Measured values replace them.
 DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0}
 
 
 class JobQueue:
-    def __init__(self, db: Database, lease_seconds: float, max_attempts: int, backoff_seconds: float = 15.0):
+    def __init__(
+        self,
+        db: Database,
+        lease_seconds: float,
+        max_attempts: int,
+        backoff_seconds: float = 15.0,
+        priors: Mapping[str, float] | None = None,
+    ):
         self.db = db
         self.sql = db.sql
         self.lease = lease_seconds
         self.max_attempts = max_attempts
         self.backoff = backoff_seconds
+        self.priors = {**DEFAULT_DURATIONS, **(priors or {})}
 
     async def enqueue(self, user_id: str, kind: str, payload: dict[str, Any] | None = None) -> str:
         job_id = new_id()
@@ -86,6 +97,10 @@ class JobQueue:
     async def get(self, job_id: str) -> Job | None:
         row = await self.db.fetchone(self.sql.JOB_GET, (job_id,))
         return Job.from_row(row) if row else None
+
+    async def set_metadata(self, job_id: str, metadata: dict[str, Any]) -> None:
+        """What a finished job measured (JSON, no personal data); kept with the job, never logged."""
+        await self.db.execute(self.sql.JOB_SET_METADATA, (json.dumps(metadata), job_id))
 
     async def active_jobs(self, user_id: str) -> list[Job]:
         rows = await self.db.fetchall(self.sql.JOB_ACTIVE_OF_USER, (user_id,))
@@ -167,18 +182,25 @@ class JobQueue:
         """A job past its deadline: cancelled if it has not finished."""
         await self.db.execute(self.sql.JOB_EXPIRE, (job_id,))
 
-    async def mean_duration(self, kind: str) -> float:
+    async def duration(self, kind: str) -> tuple[float, bool]:
+        """`(seconds, measured)`: the mean of the last measured jobs of `kind`, else its prior."""
         row = await self.db.fetchone(self.sql.DURATION_MEAN, (kind,))
-        return row["mean"] if row and row["mean"] is not None else DEFAULT_DURATIONS.get(kind, 60.0)
+        if row and row["mean"] is not None:
+            return row["mean"], True
+        return self.priors.get(kind, 60.0), False
+
+    async def mean_duration(self, kind: str) -> float:
+        return (await self.duration(kind))[0]
 
     async def position(self, job: Job) -> QueuePosition:
         """How many jobs run before this one, and when it should be done (one worker assumed)."""
         rows = await self.db.fetchall(self.sql.JOB_AHEAD, (job.id,))
-        eta = 0.0
-        for row in rows:
-            eta += (1 - row["progress"]) * await self.mean_duration(row["kind"])
-        eta += (1 - job.progress) * await self.mean_duration(job.kind)
-        return QueuePosition(ahead=len(rows), eta_seconds=eta)
+        eta, estimated = 0.0, False
+        for kind, progress in [*((row["kind"], row["progress"]) for row in rows), (job.kind, job.progress)]:
+            seconds, measured = await self.duration(kind)
+            eta += (1 - progress) * seconds
+            estimated = estimated or not measured
+        return QueuePosition(ahead=len(rows), eta_seconds=eta, estimated=estimated)
 
     async def running_with_progress_message(self, platform: str) -> list[Any]:
         """Running jobs of the platform's users that have a progress message (id, user_id, progress,

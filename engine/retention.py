@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,15 +20,7 @@ from engine.vault import Vault
 
 log = logging.getLogger(__name__)
 
-# Telegram lets bots delete messages only while they are younger than 48 hours.
-MESSAGE_CAPS = {"telegram": 47 * 3600.0}
-
 MessageDeleter = Callable[[str, str], Awaitable[bool]]  # (user id, sent message row id) -> deleted
-
-
-def message_cap(platform: str) -> float:
-    """The longest a platform lets the bot wait before deleting a message it sent."""
-    return MESSAGE_CAPS.get(platform, float("inf"))
 
 
 class Retention:
@@ -138,9 +131,11 @@ class RetentionScheduler:
     async def _run(self) -> None:
         try:
             await self.retention.run_due(self.delete_message)
+            await self.reschedule()
+        except asyncio.CancelledError:
+            return  # the process is stopping: what is due runs at the next start (not an error)
         except Exception:
             log.exception("retention run failed; the sweep will try again")
-        await self.reschedule()
 
     async def reschedule(self) -> None:
         due = await self.retention.tables.deadlines.next()

@@ -11,6 +11,7 @@ import logging
 import signal
 from typing import Any
 
+from engine import logs
 from engine.errors import StartupError
 from engine.facade import Engine
 from engine.retention import MessageDeleter, RetentionScheduler
@@ -21,7 +22,9 @@ NOISY_LOGGERS = ("httpx", "apscheduler", "telegram", "discord", "PIL", "diffuser
 
 
 def setup_logging(level: str) -> None:
+    """Plain lines on stderr; libraries quieter; no personal data in any record (`engine.logs`)."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.install()
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

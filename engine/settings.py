@@ -89,6 +89,8 @@ class EngineSettings:
     kinds: str
     train_steps: int
     images_per_request: int
+    candidates: int
+    min_likeness: int
     adapter_cache: int
     lease: Duration
     max_attempts: int
@@ -242,6 +244,8 @@ def _validate(settings: Settings) -> None:
         (upload.max_pixels >= upload.min_side**2, "LIKENESS_UPLOAD_MAX_PIXELS", "is below min_side squared"),
         (engine.train_steps >= 0, "LIKENESS_ENGINE_TRAIN_STEPS", "must be 0 (default) or more"),
         (1 <= engine.images_per_request <= 10, "LIKENESS_ENGINE_IMAGES_PER_REQUEST", "must be 1..10"),
+        (1 <= engine.candidates <= 8, "LIKENESS_ENGINE_CANDIDATES", "must be 1..8"),
+        (0 <= engine.min_likeness <= 100, "LIKENESS_ENGINE_MIN_LIKENESS", "must be 0..100"),
         (engine.adapter_cache >= 1, "LIKENESS_ENGINE_ADAPTER_CACHE", "must be at least 1"),
         (engine.max_attempts >= 1, "LIKENESS_ENGINE_MAX_ATTEMPTS", "must be at least 1"),
         (engine.presets_path.is_file(), "LIKENESS_ENGINE_PRESETS", f"no such file: {engine.presets_path}"),

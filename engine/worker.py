@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.db import new_id
-from engine.facade import Engine
+from engine.facade import Engine, PortraitScore
 from engine.queue import Job
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class Worker:
 
     async def _generate(self, job: Job, progress: _Progress) -> None:
         from engine.ml.generate import GenerationStopped
+        from engine.ml.portraits import make_portraits
         from engine.provenance import mark_image
 
         engine, user_id = self.engine, job.user_id
@@ -222,26 +223,39 @@ class Worker:
             await self._compute(self.models.generator.load_adapter, user_id, adapter_bytes)
             del adapter_bytes
         await self._check(job, progress)
-        count = int(job.payload.get("count", engine.settings.engine.images_per_request))
+        settings = engine.settings.engine
+        count = int(job.payload.get("count", settings.images_per_request))
         seed = int.from_bytes(os.urandom(4), "big")
+        signature = await engine.signature(user_id)
         try:
-            images = await self._compute(
-                self.models.generator.generate,
+            made = await self._compute(
+                make_portraits,
+                self.models.generator,
                 user_id,
                 preset,
                 adapter["token"],
                 count,
+                settings.candidates,
                 seed,
+                signature,
+                settings.min_likeness,
                 progress=lambda f, s: progress.update(0.05 + 0.85 * f, s),
                 should_stop=progress.stop.is_set,
             )
         except GenerationStopped:
             raise JobLost() from None
+        del signature
         await self._check(job, progress)
         progress.update(0.92, "marking as AI-generated")
         config = provenance_config(engine)
-        encoded = [await self._compute(mark_image, image, config) for image in images]
-        if not await engine.record_portraits(job, preset.key, encoded, adapter["id"]):
+        encoded = [await self._compute(mark_image, image, config) for image in made.images]
+        scores = [
+            PortraitScore(s.faces, s.likeness, made.measured and not s.reaches(settings.min_likeness))
+            for s in made.scores
+        ]
+        if not await engine.record_portraits(
+            job, preset.key, encoded, adapter["id"], scores, made.metadata()
+        ):
             raise JobLost()
 
 

@@ -228,7 +228,7 @@ class Harness:
             counts[table] = row["n"]
         return counts
 
-    async def count(self, table: str, user: User, where: str = "1") -> int:
+    async def count(self, table: str, user: User, where: str = "1=1") -> int:
         row = await self.engine.store.fetchone(
             f"SELECT COUNT(*) AS n FROM {table} WHERE user_id=? AND {where}", (user.id,)
         )

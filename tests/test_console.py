@@ -1,5 +1,6 @@
 """The console front-end: typed lines become the same neutral events, replies are printed and saved."""
 
+import io
 from pathlib import Path
 
 from bot.app import App
@@ -14,16 +15,18 @@ def make(tmp_path: Path) -> tuple[ConsoleFrontend, list[str]]:
 
 
 async def test_lines_become_events(tmp_path):
-    console, _ = make(tmp_path)
+    console, printed = make(tmp_path)
     photo = tmp_path / "me.jpg"
     photo.write_bytes(b"\xff\xd8\xff fake jpeg")
     assert console.parse("/start") == Command(console.parse("/start").chat, "start", "")
     assert console.parse("   ") is None
     assert isinstance(console.parse("hello"), TextMessage)
     event = console.parse(f"photo {photo} {tmp_path / 'missing.jpg'}")
-    assert isinstance(event, PhotoMessage) and len(event.photos) == 2
-    assert event.photos[0].size == photo.stat().st_size and event.photos[1].size is None
+    assert isinstance(event, PhotoMessage) and len(event.photos) == 1
+    assert event.photos[0].size == photo.stat().st_size and event.photos[0].name == "me.jpg"
     assert await event.photos[0].download() == photo.read_bytes()
+    assert printed == [f"   no such file: {tmp_path / 'missing.jpg'}"]
+    assert console.parse(f"photo {tmp_path / 'missing.jpg'}") is None  # nothing to send
     assert event.chat.private
 
 
@@ -79,3 +82,23 @@ def test_the_terminal_language_is_read_like_the_c_library_does():
     assert terminal_language({}) == ""
     console = ConsoleFrontend(Path("."), language="es_ES.UTF-8")
     assert console.parse("/start").chat.language == "es_ES.UTF-8"
+
+
+async def test_a_person_at_a_terminal_sees_an_input_prompt(tmp_path, monkeypatch, capsys):
+    console, _ = make(tmp_path)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    events = []
+
+    class Recorder:
+        async def dispatch(self, event):
+            events.append(event)
+
+    monkeypatch.setattr("sys.stdin", Terminal("/help\nquit\n"))
+    console.conversation = Recorder()
+    await console._read_loop()
+    assert capsys.readouterr().out.count("> ") == 2  # before /help and before quit
+    assert [e.name for e in events] == ["help"]

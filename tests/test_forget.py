@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,13 @@ async def test_mydata_sends_a_summary_and_the_photos_from_memory(bot):
     assert sorted(d["kind"] for d in summary["deadlines"]) == ["job", "photo", "photo", "photo"]
     assert [(j["kind"], j["state"]) for j in summary["jobs"]] == [("train", "queued")]
     assert alice.id not in files["likeness-data.json"].decode()
+    # Readable: a UTC date beside every epoch value.
+    consent = summary["consents"][0]
+    assert consent["given_at_utc"] == datetime.fromtimestamp(consent["given_at"], UTC).strftime(
+        "%Y-%m-%d %H:%M:%S UTC"
+    )
+    assert consent["withdrawn_at"] is None and "withdrawn_at_utc" not in consent
+    assert all(d["due_at_utc"].endswith(" UTC") for d in summary["deadlines"])
     assert alice.platform_id not in files["likeness-data.json"].decode()
 
     archive = unzip(files["likeness-files.zip"])

@@ -8,6 +8,7 @@ import builtins
 import contextlib
 import dataclasses
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import transformers
 from matplotlib import cbook
 from skimage import data
 
-from engine.ml.device import pick_device
+from engine.ml.device import DeviceError, pick_device
 from engine.ml.generate import GenerationStopped, Generator, new_slot_name
 from engine.ml.pipeline import ModelLoadError, load_pipeline, loaded_adapters, native_resolution
 from engine.ml.tiny import build_tiny_pipeline
@@ -141,7 +142,7 @@ def test_pick_device_cpu_and_overrides():
     assert pick_device("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
     if not torch.cuda.is_available():
         assert pick_device() == (CPU, torch.float32)
-    with pytest.raises(ValueError):
+    with pytest.raises(DeviceError):
         pick_device("cpu", "int3")
 
 
@@ -325,12 +326,89 @@ def test_local_diffusers_folder_loads(tmp_path):
     assert torch.equal(next(loaded.unet.parameters()), next(reference.unet.parameters()))
 
 
-@pytest.mark.parametrize("model", ["no-such-org/no-such-model", "/nonexistent/model.safetensors"])
-def test_model_load_error_is_one_clear_line(model, tmp_path):
+def _load_error(model: str) -> str:
     with pytest.raises(ModelLoadError) as err:
         load_pipeline(model, CPU, torch.float32)
     message = str(err.value)
-    assert "\n" not in message and model in message and "tiny" in message
+    assert "\n" not in message and "..." not in message and message.endswith(".")  # one complete line
+    assert f"LIKENESS_ENGINE_MODEL={model}" in message
+    return message
+
+
+def test_hub_model_missing_from_the_cache_offline_says_how_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = _load_error("no-such-org/no-such-model")
+    assert "not in the local Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
+    assert "`hf download no-such-org/no-such-model`" in message
+    assert "LIKENESS_ENGINE_MODEL=tiny" in message
+
+
+@pytest.mark.parametrize("model", ["./no/such/model", "/nonexistent/model.safetensors", "~/no-such.ckpt"])
+def test_missing_local_model_path_names_the_folder_it_looked_in(model):
+    message = _load_error(model)
+    assert "no such file or folder" in message and "relative to the folder" in message
+    assert str(Path(model).expanduser().absolute()) in message
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    (tmp_path / "unet").mkdir()
+    message = _load_error(str(tmp_path))
+    assert "without model_index.json" in message and "tiny" not in message
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"\0" * 64)
+    message = _load_error(str(weights))
+    assert "not a checkpoint" in message and ".safetensors" in message
+
+
+def test_corrupt_checkpoint_is_reported_in_whole_sentences(tmp_path):
+    broken = tmp_path / "model.safetensors"
+    broken.write_bytes(b"this is not a safetensors file at all")
+    message = _load_error(str(broken))
+    assert "cannot be loaded:" in message and "tiny" not in message
+
+
+def test_cuda_without_cuda_is_a_device_problem():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError) as err:
+        pick_device("cuda")
+    message = str(err.value)
+    assert message.startswith("LIKENESS_ENGINE_DEVICE=cuda, but ") and message.endswith(".")
+    assert "LIKENESS_ENGINE_DEVICE=auto (or cpu)" in message
+    assert "LIKENESS_ENGINE_MODEL" not in message and "tiny" not in message
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "setting"),
+    [("gpu", "auto", "LIKENESS_ENGINE_DEVICE=gpu"), ("cpu", "int3", "LIKENESS_ENGINE_DTYPE=int3")],
+)
+def test_unknown_device_or_dtype_names_the_setting(device, dtype, setting):
+    with pytest.raises(DeviceError, match=f"^{setting} is not a (device|dtype): use auto"):
+        pick_device(device, dtype)
+
+
+def test_tiny_model_reads_every_preset_whole_without_a_truncation_warning(pipe):
+    """The byte tokenizer spends a token per character: the tiny model's context must hold each preset."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(handler)
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_warning()
+    try:
+        longest = max(PRESETS.values(), key=lambda p: len(p.render("sks person")))
+        Generator(pipe).generate(None, dataclasses.replace(longest, steps=2), "sks person", 1, seed=0)
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
+        diffusers_logger.removeHandler(handler)
+    assert not [r for r in records if "truncated" in r.getMessage()]
+    for preset in PRESETS.values():
+        for text in (preset.render("sks person"), preset.negative_prompt):
+            assert len(pipe.tokenizer(text).input_ids) <= pipe.tokenizer.model_max_length
 
 
 def test_malformed_adapter_bytes_are_rejected(gen):

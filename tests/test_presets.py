@@ -42,6 +42,16 @@ def test_good_file_loads(tmp_path):
     path.write_text(GOOD)
     preset = load_presets(path)["headshot"]
     assert preset == Preset("headshot", "Headshot", "photo of {token}", "blurry", 30, 6.5, "4:5")
+    assert not preset.refine_face and preset.upscale == 1  # optional fields, off by default
+    path.write_text(GOOD + "refine_face = true\nupscale = 2\n")
+    preset = load_presets(path)["headshot"]
+    assert preset.refine_face and preset.upscale == 2
+
+
+def test_wide_presets_refine_faces():
+    presets = load_presets(SHIPPED)
+    assert all(presets[key].refine_face for key in ("outdoor", "cinematic", "fantasy"))
+    assert not presets["headshot"].refine_face and presets["studio-bw"].upscale == 2
 
 
 @pytest.mark.parametrize(
@@ -55,6 +65,9 @@ def test_good_file_loads(tmp_path):
         (('aspect = "4:5"', 'aspect = "9:1"'), "aspect"),
         (('label = "Headshot"\n', ""), "label"),
         (("steps = 30", "steps = 30\nseed = 1"), "seed"),
+        (("steps = 30", "steps = 30\nupscale = 3"), "upscale"),
+        (("steps = 30", "steps = 30\nupscale = true"), "upscale"),
+        (("steps = 30", 'steps = 30\nrefine_face = "yes"'), "refine_face"),
     ],
 )
 def test_each_bad_field_is_named(tmp_path, change, field):

@@ -254,7 +254,8 @@ def test_verify_main_prints_present_and_absent(
     assert "watermark: present (bit errors 0/48, tag 0xB4E1" in marked_part
     assert "iptc/xmp:  present" in marked_part
     assert "c2pa:      present (signature valid, untrusted signer" in marked_part
-    assert "watermark: absent" in plain_part
+    assert "watermark: absent (no Likeness payload in the pixels)" in plain_part
+    assert "tag 0x" not in plain_part and "deployment 0x" not in plain_part  # decoded noise is not shown
     assert "iptc/xmp:  absent" in plain_part
     assert "c2pa:      absent (no manifest)" in plain_part
 

@@ -8,7 +8,7 @@ import pytest
 
 from engine.clock import FakeClock
 from engine.db import Database, Tables
-from engine.queue import DEFAULT_DURATIONS, Job, JobQueue
+from engine.queue import DEFAULT_DURATIONS, Job, JobQueue, QueuePosition
 
 LEASE = 60.0
 BACKOFF = 10.0
@@ -253,3 +253,15 @@ async def test_concurrent_claims_never_share_a_job(queue: JobQueue) -> None:
     jobs = [job for job in claimed if job is not None]
     assert sorted(job.id for job in jobs) == sorted(ids)
     assert all(job.attempts == 1 for job in jobs)
+
+
+async def test_an_eta_built_on_priors_says_it_is_an_estimate(queue: JobQueue, fake_clock: FakeClock) -> None:
+    alice = await queue.get(await queue.enqueue(ALICE, "train"))
+    assert (await queue.position(alice)).estimated
+    job = await claim(queue)
+    fake_clock.advance(7)
+    assert await queue.finish(job)
+    bob = await queue.get(await queue.enqueue(BOB, "train"))
+    assert (await queue.position(bob)) == QueuePosition(ahead=0, eta_seconds=7, estimated=False)
+    carol = await queue.get(await queue.enqueue(CAROL, "generate"))  # no generation measured yet
+    assert (await queue.position(carol)).estimated

@@ -247,3 +247,21 @@ def test_a_new_language_is_one_file(tmp_path: Path):
     assert texts["it"].button("cancel") == "Ferma"
     assert texts["it"].button("agree") == texts["en"].button("agree")
     assert texts["it"].duration(3 * 86400) == "3 giorni"  # Babel's formats come with the code
+
+
+def test_mains_newcomer_and_likeness_texts_speak_the_users_language():
+    """The console's own texts, the 'estimating' ETA, the console schedule line, the missing operator contact
+    and the likeness caption lines come from the user's language, not English."""
+    texts = Texts(load_settings({}))  # the default operator_contact is empty
+    spanish, german, french, russian = texts["es"], texts["de"], texts["fr"], texts["ru"]
+    assert spanish("help", "console").startswith("Comandos:")
+    assert "photo RUTA" in spanish("help", "console")
+    assert spanish("help", "telegram") == spanish("help")  # no [telegram] table: the ordinary text
+    assert "Minuten" in german.eta(120, True) and "geschätzt" in german.eta(120, True)
+    assert "geschätzt" not in german.eta(120, False)
+    assert "votre propre disque" in french.schedule("console")
+    assert "opérateur de ce bot" in french.policy_full()
+    assert "сигнатура лица" in russian.policy_summary()
+    assert russian("likeness", percent=87) == "Сходство 87%"
+    with texts.using("de"):
+        assert texts("consented", "console", min_photos=3, max_photos=9).startswith("Danke!")

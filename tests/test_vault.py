@@ -363,3 +363,30 @@ def test_pseudonyms_are_stable_keyed_and_distinct(data_dir: Path, master_key: by
     other_deployment = Vault(data_dir.parent / "elsewhere", master_key)
     assert Pseudonymizer(other_deployment).user("telegram", 42) != first  # keyed by a random secret
     other_deployment.close()
+
+
+async def test_the_data_dir_databases_are_private_files(tmp_path):
+    """Like the master key: the database (with its WAL and shared-memory files) and the key store are 0600."""
+    from engine.facade import Engine
+    from tests.tiny_settings import tiny_settings
+
+    engine = await Engine.open(tiny_settings(tmp_path / "data"))
+    try:
+        user = engine.pseudonym("console", "someone")
+        await engine.give_consent(user, "console", {"chat_id": "c", "user_id": "u"}, "1", "self")
+        files = [
+            tmp_path / "data" / name
+            for name in (
+                "likeness.sqlite3",
+                "likeness.sqlite3-wal",
+                "likeness.sqlite3-shm",
+                "keys/keys.sqlite3",
+            )
+        ]
+        assert all(path.exists() for path in files)
+        assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+            path.name: 0o600 for path in files
+        }
+        assert stat.S_IMODE((tmp_path / "data" / "keys").stat().st_mode) == 0o700
+    finally:
+        await engine.close()

@@ -114,10 +114,20 @@ class Adapters:
     async def ids(self, user_id: str) -> list[str]:
         return [row["id"] for row in await self.db.fetchall(self.db.sql.ADAPTER_IDS, (user_id,))]
 
-    async def add(self, adapter_id: str, user_id: str, token: str, losses: list[float]) -> None:
+    async def add(
+        self,
+        adapter_id: str,
+        user_id: str,
+        token: str,
+        losses: list[float],
+        sealed_signature: bytes | None = None,
+    ) -> None:
         now = self.db.clock.now()
         losses_json = json.dumps([round(x, 5) for x in losses])
-        await self.db.execute(self.db.sql.ADAPTER_INSERT, (adapter_id, user_id, token, losses_json, now, now))
+        await self.db.execute(
+            self.db.sql.ADAPTER_INSERT,
+            (adapter_id, user_id, token, losses_json, sealed_signature, now, now),
+        )
 
     async def touch(self, adapter_id: str, at: float) -> None:
         await self.db.execute(self.db.sql.ADAPTER_TOUCH, (at, adapter_id))
@@ -130,13 +140,38 @@ class Outputs:
     def __init__(self, db: Database):
         self.db = db
 
-    async def add(self, output_id: str, user_id: str, job_id: str, preset: str, position: int) -> None:
+    async def add(
+        self,
+        output_id: str,
+        user_id: str,
+        job_id: str,
+        preset: str,
+        position: int,
+        faces: int | None = None,
+        likeness: int | None = None,
+        below_minimum: bool = False,
+    ) -> None:
         await self.db.execute(
-            self.db.sql.OUTPUT_INSERT, (output_id, user_id, job_id, preset, position, self.db.clock.now())
+            self.db.sql.OUTPUT_INSERT,
+            (
+                output_id,
+                user_id,
+                job_id,
+                preset,
+                position,
+                faces,
+                likeness,
+                int(below_minimum),
+                self.db.clock.now(),
+            ),
         )
 
     async def ids_of_job(self, job_id: str) -> list[str]:
         return [row["id"] for row in await self.db.fetchall(self.db.sql.OUTPUT_IDS_OF_JOB, (job_id,))]
+
+    async def scores_of_job(self, job_id: str) -> list[Row]:
+        """Each portrait's id, faces found, likeness (0-100 or None) and whether it is under the minimum."""
+        return await self.db.fetchall(self.db.sql.OUTPUT_SCORES_OF_JOB, (job_id,))
 
     async def count(self, user_id: str) -> int:
         return (await self.db.fetchone(self.db.sql.OUTPUT_COUNT, (user_id,)))["n"]
@@ -172,6 +207,10 @@ class Deliveries:
 
     async def mark_sent(self, delivery_id: str) -> None:
         await self.db.execute(self.db.sql.DELIVERY_SENT, (self.db.clock.now(), delivery_id))
+
+    async def mark_part_sent(self, delivery_id: str, parts: int) -> bool:
+        """The first `parts` parts were accepted by the platform; False if already recorded (or over)."""
+        return await self.db.execute(self.db.sql.DELIVERY_PART_SENT, (parts, delivery_id, parts)) > 0
 
 
 class Messages:

@@ -1,5 +1,10 @@
 """Styled generation on the resident base pipeline, with per-user LoRA adapters swapped in from bytes.
 
+Besides text-to-image, the same loaded components (and the owner's adapter) serve two follow-up passes,
+through pipelines made with ``from_pipe`` (no weights copied): ``refine_face`` regenerates a face region
+at the model's resolution with an inpainting pipeline and blends it back, and ``upscale`` runs an
+image-to-image pass at twice the size with tiled VAE encoding and decoding, so memory stays bounded.
+
 Adapters live in *slots*: peft adapters named ``slot<n>``, injected once and then reused. A slot holds one
 owner's weights at a time. When the next owner's adapter has the same layout (same keys and shapes, same
 config apart from ``lora_alpha``), its tensors are copied into the slot's parameters in place and the
@@ -8,17 +13,20 @@ layers' scalings are set from its ``lora_alpha``: no peft module walk, so a swap
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFilter
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -34,6 +42,13 @@ from engine.presets import Preset, preset_size
 
 Progress = Callable[[float, str], None]
 Layout = tuple[tuple[tuple[str, tuple[int, ...]], ...], str]
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
+
+REFINE_STRENGTH = 0.4  # how much of the face region is regenerated (ADetailer's default is 0.4)
+REFINE_CONTEXT = 2.0  # the regenerated square is this many face sides wide: some hair, neck and background
+UPSCALE_STRENGTH = 0.3  # enough to add detail at twice the size, too little to change the picture
+BATCH = 4  # images per pipeline call; more candidates are made in several calls (same seeds either way)
 
 # Slot names are never reused within a process, so two Generators on one pipe never share an adapter.
 _slot_numbers = itertools.count()
@@ -160,6 +175,7 @@ class Generator:
         self.cache_size = cache_size
         self._loaded: OrderedDict[str, str] = OrderedDict()  # owner -> slot name, least recent first
         self._slots: dict[str, _Slot] = {}  # slot name -> slot, one per loaded owner
+        self._pipes: dict[str, DiffusionPipeline] = {}  # "inpaint" / "img2img", sharing pipe's modules
 
     def owners(self) -> list[str]:
         """Owners whose adapters are loaded now, least recently used first."""
@@ -225,6 +241,28 @@ class Generator:
         if name is not None:
             self._drop(self._slots[name])
 
+    @contextlib.contextmanager
+    def _active(self, owner: str | None) -> Iterator[None]:
+        """Only ``owner``'s adapter acts inside (``None``: the base model); all are off again after."""
+        if owner is not None and owner not in self._loaded:
+            raise KeyError("no adapter loaded for this owner; call load_adapter first")
+        if owner is not None:
+            self._loaded.move_to_end(owner)
+        set_active_adapter(self.pipe, None if owner is None else self._loaded[owner])
+        try:
+            yield
+        finally:
+            set_active_adapter(self.pipe, None)
+
+    def _derived(self, kind: str) -> DiffusionPipeline:
+        """The inpainting or image-to-image pipeline sharing this pipeline's modules (made once)."""
+        if kind not in self._pipes:
+            auto = {"inpaint": AutoPipelineForInpainting, "img2img": AutoPipelineForImage2Image}[kind]
+            derived = auto.from_pipe(self.pipe)
+            derived.set_progress_bar_config(disable=True)
+            self._pipes[kind] = derived
+        return self._pipes[kind]
+
     @torch.no_grad()
     def generate(
         self,
@@ -239,43 +277,179 @@ class Generator:
         """``count`` images of ``preset`` with ``owner``'s adapter (``None``: the base model).
 
         Only that owner's adapter is active. Image ``i`` uses seed ``seed + i`` on a CPU generator, so the
-        result is the same on every device and for every ``count``.
+        result is the same on every device and for every ``count``; at most ``BATCH`` images per call.
         """
         if count < 1:
             raise ValueError("count must be at least 1")
-        if owner is not None and owner not in self._loaded:
-            raise KeyError("no adapter loaded for this owner; call load_adapter first")
-        pipe = self.pipe
-        name = None if owner is None else self._loaded[owner]
-        if owner is not None:
-            self._loaded.move_to_end(owner)
-        set_active_adapter(pipe, name)
+        width, height = preset_size(preset, native_resolution(self.pipe), size_multiple(self.pipe))
+        images: list[PIL.Image.Image] = []
+        with self._active(owner):
+            for start in range(0, count, BATCH):
+                size = min(BATCH, count - start)
+                done = start
 
-        width, height = preset_size(preset, native_resolution(pipe), size_multiple(pipe))
-        steps = preset.steps
+                def report(fraction: float, message: str, done: int = done, size: int = size) -> None:
+                    if progress:
+                        progress((done + fraction * size) / count, message)
 
-        def on_step_end(p, step: int, timestep, kwargs: dict) -> dict:
-            if should_stop and should_stop():
-                p._interrupt = True
-            elif progress:
-                progress((step + 1) / steps, f"generating step {step + 1}/{steps}")
-            return kwargs
+                images += _run(
+                    self.pipe,
+                    "generating",
+                    preset.steps,
+                    report,
+                    should_stop,
+                    prompt=preset.render(token),
+                    negative_prompt=preset.negative_prompt or None,
+                    num_inference_steps=preset.steps,
+                    guidance_scale=preset.guidance,
+                    width=width,
+                    height=height,
+                    num_images_per_prompt=size,
+                    generator=[
+                        torch.Generator("cpu").manual_seed(seed + i) for i in range(start, start + size)
+                    ],
+                )
+        return images
 
-        try:
-            result = pipe(
+    @torch.no_grad()
+    def refine_face(
+        self,
+        owner: str | None,
+        preset: Preset,
+        token: str,
+        image: PIL.Image.Image,
+        face: Box,
+        seed: int,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> PIL.Image.Image:
+        """``image`` with the region around ``face`` regenerated by the inpainting pipeline and blended back.
+
+        The square around the face (``REFINE_CONTEXT`` face sides, inside the image) is scaled up to the
+        model's native resolution (never down), partly re-noised (``REFINE_STRENGTH``) and denoised with the
+        preset's prompt and ``owner``'s adapter, under an elliptic mask over the face. The result is scaled
+        back and pasted through the same mask, feathered, so no seam shows. The size never changes.
+        """
+        crop = face_crop_box(face, image.width, image.height)
+        side = crop[2] - crop[0]
+        multiple = size_multiple(self.pipe)
+        render = max(native_resolution(self.pipe), math.ceil(side / multiple) * multiple)
+        region = image.crop(crop).resize((render, render), PIL.Image.Resampling.LANCZOS)
+        inner = [(v - o) * render / side for v, o in zip(face, crop[:2] * 2, strict=True)]
+        mask = face_mask(render, inner)
+        steps = max(preset.steps, math.ceil(1 / REFINE_STRENGTH))
+        with self._active(owner):
+            (refined,) = _run(
+                self._derived("inpaint"),
+                "refining the face",
+                max(1, int(steps * REFINE_STRENGTH)),
+                progress,
+                should_stop,
                 prompt=preset.render(token),
                 negative_prompt=preset.negative_prompt or None,
+                image=region,
+                mask_image=mask,
+                strength=REFINE_STRENGTH,
                 num_inference_steps=steps,
                 guidance_scale=preset.guidance,
-                width=width,
-                height=height,
-                num_images_per_prompt=count,
-                generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(count)],
-                callback_on_step_end=on_step_end,
-                output_type="pil",
+                width=render,
+                height=render,
+                generator=torch.Generator("cpu").manual_seed(seed),
             )
+        feathered = mask.filter(PIL.ImageFilter.GaussianBlur(render / 32))
+        blended = PIL.Image.composite(refined.convert("RGB"), region, feathered)
+        out = image.convert("RGB")
+        out.paste(blended.resize((side, side), PIL.Image.Resampling.LANCZOS), crop[:2])
+        return out
+
+    @torch.no_grad()
+    def upscale(
+        self,
+        owner: str | None,
+        preset: Preset,
+        token: str,
+        image: PIL.Image.Image,
+        seed: int,
+        factor: int = 2,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> PIL.Image.Image:
+        """``image`` at ``factor`` times its width and height: a Lanczos resize, then an image-to-image pass
+        (``UPSCALE_STRENGTH``) with the preset's prompt and ``owner``'s adapter that redraws fine detail.
+
+        The VAE encodes and decodes in tiles during the pass, so memory grows with the tile, not the image.
+        """
+        if factor < 2:
+            return image
+        big = image.convert("RGB").resize(
+            (image.width * factor, image.height * factor), PIL.Image.Resampling.LANCZOS
+        )
+        steps = max(preset.steps, math.ceil(1 / UPSCALE_STRENGTH))
+        vae = self.pipe.vae
+        tiling = getattr(vae, "use_tiling", False)
+        vae.enable_tiling()
+        try:
+            with self._active(owner):
+                (result,) = _run(
+                    self._derived("img2img"),
+                    "adding detail",
+                    max(1, int(steps * UPSCALE_STRENGTH)),
+                    progress,
+                    should_stop,
+                    prompt=preset.render(token),
+                    negative_prompt=preset.negative_prompt or None,
+                    image=big,
+                    strength=UPSCALE_STRENGTH,
+                    num_inference_steps=steps,
+                    guidance_scale=preset.guidance,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                )
         finally:
-            set_active_adapter(pipe, None)
-        if should_stop and pipe.interrupt:
-            raise GenerationStopped("generation stopped on request")
-        return list(result.images)
+            if not tiling:
+                vae.disable_tiling()
+        return result
+
+
+def face_crop_box(face: Box, width: int, height: int) -> Box:
+    """The square around ``face`` that the refinement redraws: ``REFINE_CONTEXT`` face sides, inside the
+    image (shrunk and shifted rather than padded)."""
+    left, top, right, bottom = face
+    side = min(round(max(right - left, bottom - top) * REFINE_CONTEXT), width, height)
+    side = max(side, 8)
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    x = min(max(0, round(cx - side / 2)), width - side)
+    y = min(max(0, round(cy - side / 2)), height - side)
+    return x, y, x + side, y + side
+
+
+def face_mask(side: int, face: list[float]) -> PIL.Image.Image:
+    """A ``side`` x ``side`` mask (L): white in an ellipse 1.3 times the face box (forehead to chin)."""
+    left, top, right, bottom = face
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    rx, ry = (right - left) * 0.65, (bottom - top) * 0.75
+    mask = PIL.Image.new("L", (side, side), 0)
+    PIL.ImageDraw.Draw(mask).ellipse((cx - rx, cy - ry * 1.1, cx + rx, cy + ry * 0.9), fill=255)
+    return mask
+
+
+def _run(
+    pipe: DiffusionPipeline,
+    label: str,
+    steps: int,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+    **kwargs,
+) -> list[PIL.Image.Image]:
+    """One pipeline call with step progress and cooperative stopping (``GenerationStopped``)."""
+
+    def on_step_end(p, step: int, timestep, callback_kwargs: dict) -> dict:
+        if should_stop and should_stop():
+            p._interrupt = True
+        elif progress:
+            progress(min(1.0, (step + 1) / steps), f"{label} step {min(step + 1, steps)}/{steps}")
+        return callback_kwargs
+
+    result = pipe(callback_on_step_end=on_step_end, output_type="pil", **kwargs)
+    if should_stop and pipe.interrupt:
+        raise GenerationStopped("generation stopped on request")
+    return list(result.images)

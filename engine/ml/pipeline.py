@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -14,25 +15,58 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from engine.errors import StartupError
 from engine.ml.tiny import build_tiny_pipeline
 
 # Built offline with random weights (engine/ml/tiny.py): tests, smoke runs and benchmarks only.
 _TINY = {"tiny": "tiny", "tiny-sdxl": "tiny-sdxl", "random:sd15": "sd15", "random:sdxl": "sdxl"}
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-_HINT = "use a local diffusers folder, a .safetensors checkpoint, or 'tiny' for a smoke test"
+_TRY_TINY = "or set LIKENESS_ENGINE_MODEL=tiny to try the product on a tiny random model"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-class ModelLoadError(Exception):
-    """The configured model cannot be loaded. ``str(e)`` is one line that says what to do."""
+class ModelLoadError(StartupError):
+    """The configured model cannot be loaded.
+
+    ``str(e)`` is one complete line that names `LIKENESS_ENGINE_MODEL` (or the setting at fault) and the fix.
+    """
 
 
-def _one_line(text: object, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def _sentences(error: BaseException, budget: int = 300) -> str:
+    """`Type: message` on one line: whole sentences, as many as fit in about `budget` characters."""
+    text = " ".join(str(error).split())
+    if not text:
+        return type(error).__name__
+    kept = ""
+    for sentence in _SENTENCE_END.split(text):
+        if kept and len(kept) + len(sentence) > budget:
+            break
+        kept = f"{kept} {sentence}".strip()
+    return f"{type(error).__name__}: {kept.rstrip('.:;, ')}"
 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(model: str) -> bool:
+    """A filesystem path rather than a Hugging Face id (`org/name`)."""
+    return (
+        model.startswith((".", "/", "~"))
+        or Path(model).suffix in _CHECKPOINT_SUFFIXES
+        or model.count("/") > 1
+    )
+
+
+def _cached(model: str) -> bool | None:
+    """Whether `model`'s model_index.json is in the local Hugging Face cache (None: not a valid Hub id)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+    except HFValidationError:
+        return None
 
 
 def _is_sdxl_checkpoint(path: Path) -> bool:
@@ -49,23 +83,75 @@ def _is_sdxl_checkpoint(path: Path) -> bool:
 
 
 def _from_source(model: str, dtype: torch.dtype) -> DiffusionPipeline:
+    setting = f"LIKENESS_ENGINE_MODEL={model}"
     path = Path(model).expanduser()
     no_safety = {"safety_checker": None, "requires_safety_checker": False}
-    if path.is_file() and path.suffix in _CHECKPOINT_SUFFIXES:
+    if path.is_file():
+        if path.suffix not in _CHECKPOINT_SUFFIXES:
+            raise ModelLoadError(
+                f"{setting} is a file but not a checkpoint: give a .safetensors (or .ckpt) file, "
+                "a diffusers folder (with model_index.json) or a Hugging Face id."
+            )
         cls = StableDiffusionXLPipeline if _is_sdxl_checkpoint(path) else StableDiffusionPipeline
         extra = no_safety if cls is StableDiffusionPipeline else {}
         return cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=_offline(), **extra)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(
-                f"model folder {path} has no model_index.json; it is not a diffusers pipeline"
+                f"{setting} is a folder without model_index.json, so not a diffusers pipeline: point it at "
+                "the folder that holds model_index.json, or at a single .safetensors checkpoint."
             )
         return DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, **no_safety)
-    if path.suffix in _CHECKPOINT_SUFFIXES or model.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model file {model} does not exist; {_HINT}")
-    # A Hugging Face id. HF_HUB_OFFLINE=1 means: only what is already in the local cache.
-    return DiffusionPipeline.from_pretrained(
-        model, torch_dtype=dtype, local_files_only=_offline(), **no_safety
+    cached = None if _looks_like_path(model) else _cached(model)
+    if cached is None:
+        raise ModelLoadError(
+            f"{setting}: no such file or folder ({path.absolute()}; relative paths are relative to the "
+            "folder the command was started in): give an existing diffusers folder or .safetensors file, "
+            f"a Hugging Face id, {_TRY_TINY}."
+        )
+    if not cached and _offline():
+        raise ModelLoadError(
+            f"{setting} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 allows no download: "
+            f"fetch it once with `hf download {model}` (online), {_TRY_TINY}."
+        )
+    # A Hugging Face id: from the cache, downloaded first when online and not cached yet.
+    try:
+        return DiffusionPipeline.from_pretrained(
+            model, torch_dtype=dtype, local_files_only=_offline(), **no_safety
+        )
+    except Exception as error:
+        raise ModelLoadError(_hub_problem(model, error, cached)) from error
+
+
+def _hub_problem(model: str, error: BaseException, cached: bool) -> str:
+    """One line for a Hugging Face id that did not load: gated, unknown, not downloadable, half cached."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    setting = f"LIKENESS_ENGINE_MODEL={model}"
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        return (
+            f"{setting} is a gated model: accept its licence on https://huggingface.co/{model} and log in "
+            "with `hf auth login` (or set HF_TOKEN), then start again."
+        )
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return (
+            f"{setting}: Hugging Face has no such model (check the id; a private model needs "
+            f"`hf auth login`), {_TRY_TINY}."
+        )
+    if not cached:
+        return (
+            f"{setting} is not in the local Hugging Face cache and could not be downloaded from "
+            f"huggingface.co: check the network (proxy, HF_ENDPOINT), or fetch it with `hf download {model}` "
+            f"and start with HF_HUB_OFFLINE=1, {_TRY_TINY}."
+        )
+    return (
+        f"{setting} is only partly in the local Hugging Face cache or cannot be read from it "
+        f"({_sentences(error, 120)}): complete it with `hf download {model}`."
     )
 
 
@@ -75,7 +161,7 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> Diffu
     ``model`` is ``"tiny"`` (or ``"tiny-sdxl"``, ``"random:sd15"``, ``"random:sdxl"``: offline, random
     weights), a Hugging Face id, a local diffusers folder, or a single ``.safetensors`` / ``.ckpt`` file.
     SD1.x/2.x and SDXL are supported. The safety checker and progress bars are off; the sampler is
-    DPM-Solver++ (2M), which gives clean results in 25-35 steps.
+    DPM-Solver++ (2M), which gives clean results in 25-35 steps. Any failure is a `ModelLoadError`.
     """
     try:
         if model in _TINY:
@@ -88,24 +174,25 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> Diffu
                 # diffusers 0.42 renames torch_dtype to dtype; the old name works on every supported version.
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipe = _from_source(model, dtype)
+        if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
+            raise ModelLoadError(
+                f"LIKENESS_ENGINE_MODEL={model} is a {type(pipe).__name__}; only Stable Diffusion 1.x/2.x "
+                "and SDXL pipelines are supported."
+            )
+        pipe.to(device)
     except ModelLoadError:
         raise
-    except Exception as e:
-        if _offline() and model not in _TINY and not Path(model).expanduser().exists():
-            raise ModelLoadError(
-                f"model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
-                f"download it once online (hf download {model}) or {_HINT}"
-            ) from None
+    except torch.OutOfMemoryError:
         raise ModelLoadError(
-            f"cannot load model {model!r}: {type(e).__name__}: {_one_line(e)}; {_HINT}"
+            f"LIKENESS_ENGINE_MODEL={model} does not fit in the memory of {device}: free it, choose a "
+            "smaller model or LIKENESS_ENGINE_DTYPE=float16, or set LIKENESS_ENGINE_DEVICE=cpu."
+        ) from None
+    except Exception as error:
+        raise ModelLoadError(
+            f"LIKENESS_ENGINE_MODEL={model} cannot be loaded: {_sentences(error)}."
         ) from None
 
-    if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
-        raise ModelLoadError(
-            f"model {model!r} is a {type(pipe).__name__}; only SD 1.x/2.x and SDXL are supported"
-        )
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.to(device)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()

@@ -1,7 +1,10 @@
 """Pipelines built offline from configs written here: tiny ones for tests, real SD1.5/SDXL shapes for benches.
 
 Nothing is downloaded. The tokenizer is a byte-level CLIP BPE with no merges (every byte is a token), so
-any text can be encoded; it is only meant for tests and benchmarks, never for real images.
+any text can be encoded; it is only meant for tests and benchmarks, never for real images. A byte per token
+makes a prompt about four times longer than real CLIP's BPE does, so the tiny text encoders read
+`TINY_CONTEXT` tokens instead of CLIP's 77: a preset that fits real CLIP fits the tiny model too, and CLIP's
+"truncated to 77 tokens" warning never fires for a prompt that would not be cut on a real model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 ARCHS = ("tiny", "tiny-sdxl", "sd15", "sdxl")
+CLIP_CONTEXT = 77  # real CLIP text encoders: tokens per prompt, start and end included
+TINY_CONTEXT = 384  # byte tokens; 77 real BPE tokens are about 350 characters of English
 
 # Noise schedule shared by SD1.x and SDXL (their scheduler_config.json files).
 _SCHEDULE = {
@@ -151,8 +156,9 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def byte_tokenizer() -> CLIPTokenizer:
-    """A 514-token byte-level CLIP tokenizer (ids 512/513 are start/end of text), built offline."""
+def byte_tokenizer(context: int = CLIP_CONTEXT) -> CLIPTokenizer:
+    """A 514-token byte-level CLIP tokenizer (ids 512/513 are start/end of text) reading `context` tokens,
+    built offline."""
     chars = _bytes_to_unicode()
     vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory(prefix="likeness-tok-") as tmp:
@@ -160,17 +166,17 @@ def byte_tokenizer() -> CLIPTokenizer:
         vocab_path.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
         merges_path.write_text("#version: 0.2\n", encoding="utf-8")
         # Paths positional: the keyword form silently builds a 3-token vocab on transformers 5.
-        tokenizer = CLIPTokenizer(str(vocab_path), str(merges_path), model_max_length=77)
+        tokenizer = CLIPTokenizer(str(vocab_path), str(merges_path), model_max_length=context)
     if len(tokenizer) != len(vocab):
         raise RuntimeError(f"byte tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
     return tokenizer
 
 
-def _text_config(shape: dict, vocab_size: int) -> CLIPTextConfig:
+def _text_config(shape: dict, vocab_size: int, context: int) -> CLIPTextConfig:
     return CLIPTextConfig(
         **shape,
         vocab_size=vocab_size,
-        max_position_embeddings=77,
+        max_position_embeddings=context,
         bos_token_id=512,
         eos_token_id=513,
         pad_token_id=513,
@@ -212,10 +218,11 @@ def _build(
     unet = UNet2DConditionModel(**unet_shape)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**vae_shape, scaling_factor=0.13025 if xl else 0.18215, force_upcast=xl and not tiny)
+    context = TINY_CONTEXT if tiny else CLIP_CONTEXT
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(_text_config(_TINY_TEXT if tiny else _CLIP_L, vocab_size))
+    text_encoder = CLIPTextModel(_text_config(_TINY_TEXT if tiny else _CLIP_L, vocab_size, context))
     scheduler = DPMSolverMultistepScheduler(**_SCHEDULE)
-    tokenizer = byte_tokenizer()
+    tokenizer = byte_tokenizer(context)
 
     if not xl:
         pipe = StableDiffusionPipeline(
@@ -231,14 +238,14 @@ def _build(
     else:
         torch.manual_seed(seed + 1)
         text_encoder_2 = CLIPTextModelWithProjection(
-            _text_config(_TINY_TEXT if tiny else _CLIP_BIGG, vocab_size)
+            _text_config(_TINY_TEXT if tiny else _CLIP_BIGG, vocab_size, context)
         )
         pipe = StableDiffusionXLPipeline(
             vae=vae,
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
-            tokenizer_2=byte_tokenizer(),
+            tokenizer_2=byte_tokenizer(context),
             unet=unet,
             scheduler=scheduler,
             force_zeros_for_empty_prompt=True,

@@ -72,6 +72,9 @@ def format_report(report: MarkReport) -> list[str]:
 
     if report.watermark_bit_errors is None:
         wm_detail = "image too small to carry it"
+    elif not report.watermark:
+        # What was decoded from an unmarked image is noise: printing it would look like a finding.
+        wm_detail = "no Likeness payload in the pixels"
     else:
         wm_detail = (
             f"bit errors {report.watermark_bit_errors}/{watermark.PAYLOAD_BITS}, "

@@ -110,7 +110,20 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     )
     """,
-    # 2: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
+    # 2: likeness (docs/likeness.md): the face signature kept with the model, each portrait's score, and
+    # the job's raw candidate distances (never logged)
+    """
+    ALTER TABLE adapters ADD COLUMN signature BYTEA;
+    ALTER TABLE outputs ADD COLUMN faces INTEGER;
+    ALTER TABLE outputs ADD COLUMN likeness INTEGER;
+    ALTER TABLE outputs ADD COLUMN below_minimum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN metadata TEXT
+    """,
+    # 3: the outbox remembers how many parts of a delivery the platform accepted
+    """
+    ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
+    """,
+    # 4: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
     # language their platform last reported; consents.language: the language of the policy text agreed to
     # (every consent before this was to the English text).
     """

@@ -107,12 +107,26 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     );
     """,
-    # 2: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
+    # 2: likeness (docs/likeness.md): the face signature kept with the model, each portrait's score, and
+    # the job's raw candidate distances (never logged)
+    """
+    ALTER TABLE adapters ADD COLUMN signature BLOB;          -- sealed: mean face descriptor of the photos
+    ALTER TABLE outputs ADD COLUMN faces INTEGER;            -- faces found in the portrait, NULL: not scored
+    ALTER TABLE outputs ADD COLUMN likeness INTEGER;         -- 0-100, NULL: no face or no signature
+    ALTER TABLE outputs ADD COLUMN below_minimum INTEGER NOT NULL DEFAULT 0;  -- 1: under the minimum
+    ALTER TABLE jobs ADD COLUMN metadata TEXT;               -- JSON: every candidate's faces and distance
+    """,
+    # 3: the outbox remembers how many parts of a delivery the platform accepted, so a restart never
+    #    repeats an acknowledged send
+    """
+    ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
+    """,
+    # 4: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
     # language their platform last reported; consents.language: the language of the policy text agreed to
     # (every consent before this was to the English text).
     """
     ALTER TABLE users ADD COLUMN language TEXT;
     ALTER TABLE users ADD COLUMN platform_language TEXT;
-    ALTER TABLE consents ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
+    ALTER TABLE consents ADD COLUMN language TEXT NOT NULL DEFAULT 'en'
     """,
 ]

@@ -47,14 +47,21 @@ PHOTO_DELETE = "DELETE FROM photos WHERE id=?"
 ADAPTER_LATEST = "SELECT * FROM adapters WHERE user_id=? ORDER BY created_at DESC LIMIT 1"
 ADAPTER_IDS = "SELECT id FROM adapters WHERE user_id=?"
 ADAPTER_INSERT = (
-    "INSERT INTO adapters(id, user_id, token, losses, created_at, last_used_at) VALUES (?,?,?,?,?,?)"
+    "INSERT INTO adapters(id, user_id, token, losses, signature, created_at, last_used_at) "
+    "VALUES (?,?,?,?,?,?,?)"
 )
 ADAPTER_TOUCH = "UPDATE adapters SET last_used_at=? WHERE id=?"
 ADAPTER_DELETE = "DELETE FROM adapters WHERE id=?"
 
 # -- outputs -----------------------------------------------------------------------------------------------
-OUTPUT_INSERT = "INSERT INTO outputs(id, user_id, job_id, preset, position, created_at) VALUES (?,?,?,?,?,?)"
+OUTPUT_INSERT = (
+    "INSERT INTO outputs(id, user_id, job_id, preset, position, faces, likeness, below_minimum, created_at) "
+    "VALUES (?,?,?,?,?,?,?,?,?)"
+)
 OUTPUT_IDS_OF_JOB = "SELECT id FROM outputs WHERE job_id=? ORDER BY position"
+OUTPUT_SCORES_OF_JOB = (
+    "SELECT id, faces, likeness, below_minimum FROM outputs WHERE job_id=? ORDER BY position"
+)
 OUTPUT_COUNT = "SELECT COUNT(*) AS n FROM outputs WHERE user_id=?"
 OUTPUT_DELETE = "DELETE FROM outputs WHERE id=?"
 
@@ -71,6 +78,7 @@ DELIVERY_RETRY_ALL_NOW = "UPDATE deliveries SET not_before=0 WHERE state='pendin
 DELIVERY_ATTEMPTS = "SELECT attempts FROM deliveries WHERE id=?"
 DELIVERY_BACK_OFF = "UPDATE deliveries SET attempts=?, state=?, not_before=? WHERE id=?"
 DELIVERY_SENT = "UPDATE deliveries SET state='sent', sent_at=?, attempts=attempts+1 WHERE id=?"
+DELIVERY_PART_SENT = "UPDATE deliveries SET parts_sent=? WHERE id=? AND parts_sent<? AND state='pending'"
 
 # -- messages the bot sent ---------------------------------------------------------------------------------
 MESSAGE_INSERT = (
@@ -101,6 +109,7 @@ JOB_INSERT = (
     "VALUES (?,?,?,?,'queued',?,?,?)"
 )
 JOB_GET = "SELECT * FROM jobs WHERE id=?"
+JOB_SET_METADATA = "UPDATE jobs SET metadata=? WHERE id=?"
 JOB_ACTIVE_OF_USER = "SELECT * FROM jobs WHERE user_id=? AND state IN ('queued','running') ORDER BY rowid"
 # The next job: each user's oldest active job only (one running job per user, in order), queued and due
 # or running with an expired lease, of a kind this worker takes (`:kinds` is ',train,generate,' or '*'); the user
@@ -173,7 +182,7 @@ EXPORT = {
     "consents": "SELECT policy_version, language, attested, given_at, withdrawn_at FROM consents WHERE user_id=?",
     "photos": "SELECT id, width, height, created_at FROM photos WHERE user_id=?",
     "adapters": "SELECT id, created_at, last_used_at, losses FROM adapters WHERE user_id=?",
-    "outputs": "SELECT id, preset, created_at, delivered_at FROM outputs WHERE user_id=?",
+    "outputs": "SELECT id, preset, faces, likeness, created_at, delivered_at FROM outputs WHERE user_id=?",
     "jobs": "SELECT id, kind, state, progress, stage, error, created_at, finished_at FROM jobs WHERE user_id=?",
     "deadlines": "SELECT kind, ref_id, due_at FROM deadlines WHERE user_id=?",
     "sent_messages": "SELECT kind, sent_at FROM sent_messages WHERE user_id=?",
