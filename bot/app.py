@@ -92,6 +92,10 @@ class App:
         chat = Chat(target.platform, target.chat["chat_id"], target.chat["user_id"], True)
         return await self.conversation.messengers[target.platform].delete(chat, target.message_id)
 
+    def connected(self) -> bool:
+        """Every front-end is connected (for /healthz)."""
+        return all(frontend.connected for frontend in self.frontends)
+
     async def start(self) -> None:
         """Overdue deletions first, then the front-ends, the loops and the worker."""
         public = any(platform != "console" for platform in self.conversation.messengers)
@@ -100,7 +104,7 @@ class App:
                 "LIKENESS_OPERATOR_CONTACT is not set: /privacy tells users that the operator has not set a "
                 "contact address; set an email address or URL"
             )
-        await self.background.start(self.delete_message, self.stop_event)
+        await self.background.start(self.delete_message, self.stop_event, self.connected)
         for frontend in self.frontends:
             try:
                 await frontend.start()

@@ -91,12 +91,16 @@ class Buttons:
         return ((self._one("cancel", Route.CANCEL, job_id),),)
 
     def styles(self) -> Rows:
-        """One button per preset, two a row."""
-        buttons = [
-            Button(self.t.style_label(key, preset.label), encode(Route.STYLE, key))
-            for key, preset in self.presets.items()
-        ]
-        return tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))
+        """One button per preset, two a row: the still styles, then the animated (video) ones on their own rows."""
+        rows: list[tuple[Button, ...]] = []
+        for video in (False, True):
+            buttons = [
+                Button(self.t.style_label(key, preset.label), encode(Route.STYLE, key))
+                for key, preset in self.presets.items()
+                if preset.video == video
+            ]
+            rows += [tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2)]
+        return tuple(rows)
 
     def another_style(self) -> Rows:
         return ((self._one("another_style", Route.STYLES),),)

@@ -46,6 +46,7 @@ class ConsoleFrontend:
 
     platform = "console"
     message_lifetime = math.inf
+    connected = True  # the terminal is always there
 
     def __init__(
         self, out_dir: Path, write: Callable[[str], None] | None = None, language: str | None = None
@@ -72,7 +73,8 @@ class ConsoleFrontend:
         names = reply.image_names or tuple(
             f"portrait-{self.next_id}-{n + 1}.png" for n in range(len(reply.images))
         )
-        for name, data in [*zip(names, reply.images, strict=True), *reply.files]:
+        clip = [reply.animation] if reply.animation else []
+        for name, data in [*zip(names, reply.images, strict=True), *reply.files, *clip]:
             path = self.out_dir / name
             path.write_bytes(data)
             self.saved.append(path)

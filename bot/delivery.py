@@ -1,4 +1,4 @@
-"""The outbox loop: sends finished work (model ready, portraits, failures) and records every send.
+"""The outbox loop: sends finished work (model ready, portraits, clips, failures) and records every send.
 
 A delivery is sent in parts, one platform call each (the images as one album, then the "another style"
 button); each accepted part is recorded at once with its message ids (for /forget and the messages
@@ -32,6 +32,11 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
     caption = "\n".join([t("results_caption", label=label), *likeness_lines(conversation, delivery)])
     names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
     images = tuple(data for _, data in delivery.images)
+    if delivery.kind == "video":  # one clip, one message: the caption and the buttons ride with it
+        clip = delivery.images[0][1]
+        name = f"likeness-{delivery.preset}.mp4"
+        buttons = conversation.buttons.another_style()
+        return [Reply(caption, buttons=buttons, protect=True, animation=(name, clip))]
     mode = engine.settings.provenance.deliver_as
     # protect=True marks portraits; whether and how they are protected is the platform adapter's setting
     portraits = Reply(caption, images=images, image_names=names, protect=True)
@@ -99,7 +104,7 @@ async def _deliver(conversation: Conversation, platform: str, delivery: Delivery
             await messenger.edit(chat, progress_id, Reply(done))
         except Exception:
             log.warning("the progress message could not be edited")
-    if delivery.kind == "portraits" and not delivery.images:  # expired before it could be sent
+    if delivery.kind in ("portraits", "video") and not delivery.images:  # expired before it could be sent
         await engine.delivered(delivery, [], platform)
         return
     for part, reply in enumerate(delivery_replies(conversation, delivery)):

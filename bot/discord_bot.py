@@ -120,7 +120,8 @@ def views(buttons: tuple[tuple[Button, ...], ...]) -> list[discord.ui.View]:
 
 def attachments(reply: Reply) -> list[tuple[str, bytes]]:
     names = reply.image_names or tuple(f"portrait-{n + 1}.png" for n in range(len(reply.images)))
-    return [*reply.files, *zip(names, reply.images, strict=True)]
+    clip = [reply.animation] if reply.animation else []  # Discord plays an MP4 attachment inline
+    return [*reply.files, *zip(names, reply.images, strict=True), *clip]
 
 
 def to_files(named: list[tuple[str, bytes]]) -> list[discord.File]:
@@ -316,6 +317,12 @@ class DiscordFrontend:
 
         english = self.conversation.t.default.command(name)
         description = app_commands.locale_str(english, command=name)  # localised by DescriptionTranslator
+
+        async def start_callback(interaction: discord.Interaction, code: str | None = None) -> None:
+            await self.on_command(interaction, name, code or "")
+
+        if name == "start":  # `/start code:<invite code>`
+            callback = app_commands.describe(code="An invite code, if you were given one")(start_callback)
         command = app_commands.Command(name=name, description=description, callback=callback)
         command = app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)(command)
         return app_commands.allowed_installs(guilds=True, users=True)(command)
@@ -342,7 +349,7 @@ class DiscordFrontend:
         self.sync_file.write_text(digest + "\n")
         log.info("discord slash commands synced")
 
-    async def on_command(self, interaction: discord.Interaction, name: str) -> None:
+    async def on_command(self, interaction: discord.Interaction, name: str, args: str = "") -> None:
         """Acknowledge at once (privately), then run the command in the user's DM."""
         await interaction.response.defer(ephemeral=True, thinking=True)
 
@@ -359,7 +366,7 @@ class DiscordFrontend:
             await answer(self.conversation.t[await self.conversation.language_for(here)]("internal_error"))
             return
         chat = dm_chat(channel_id, interaction.user.id, locale_of(interaction))
-        if not await self.dispatch(Command(chat, name), apologise=answer):
+        if not await self.dispatch(Command(chat, name, args), apologise=answer):
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
@@ -394,10 +401,19 @@ class DiscordFrontend:
             if not private:
                 photos = tuple(IncomingPhoto(size=p.size, download=_refuse, as_file=True) for p in photos)
             await self.dispatch(PhotoMessage(chat, photos))
+        elif private and message.content.startswith("/"):  # typed, e.g. `/ops` (not a slash command)
+            name, _, args = message.content[1:].partition(" ")
+            await self.dispatch(Command(chat, name.lower(), args.strip()))
         elif private:
             await self.dispatch(TextMessage(chat, message.content))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True while the gateway connection is up (for /healthz)."""
+        ws = self.client.ws
+        return not self.client.is_closed() and ws is not None and ws.open
+
     async def start(self) -> None:
         """Log in (syncing commands if they changed) and connect; returns once the gateway is identified."""
         self._task = asyncio.create_task(self.client.start(self.token))

@@ -97,6 +97,8 @@ class Reply:
     protect: bool = False  # delivered portraits: the platform's adapter protects them where it is set to
     ephemeral: bool = False  # only the user sees it (Discord interactions); ignored elsewhere
     files: tuple[tuple[str, bytes], ...] = field(default=())  # (file name, bytes) sent as documents
+    # (file name, MP4): a clip played inline and looped, in one message with the text and buttons
+    animation: tuple[str, bytes] | None = None
 
 
 class Messenger(Protocol):

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from bot.buttons import Buttons, Route, decode
 from bot.events import ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
+from bot.gate import Gate
 from bot.texts import DEFAULT_LANGUAGE, Texts, progress_bar
 from engine.errors import Refused
-from engine.facade import Accepted, Engine, Rejected
+from engine.facade import Accepted, Allowance, Engine, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ COMMANDS = (
     "language",
     "help",
 )
+
 
 MODEL_CHOICES = {"model_now": 3600.0, "model_day": 86400.0, "model_week": 7 * 86400.0}
 MESSAGE_CHOICES = {"messages_off": 0.0, "messages_day": 86400.0}
@@ -73,6 +75,7 @@ class Conversation:
         self.t = texts
         self.buttons = Buttons(texts, engine.presets)
         self.messengers: dict[str, Messenger] = {}  # platform -> its adapter's Messenger
+        self.gate = Gate(engine, texts, self.telegram_invite_link)
         self._handlers: dict[str, Callable[[Command, str], Awaitable[None]]] = {
             "start": self.start,
             "help": self.help,
@@ -147,6 +150,11 @@ class Conversation:
                 await self.messenger(chat).acknowledge(event, self.t.refusal(Refused("not_yours")))
             log.info("a %s %s in another user's chat was refused", chat.platform, type(event).__name__)
             return
+        screened = await self.gate.screen(event, user_id)  # flood, /ops, access: on every platform
+        if screened.answer:
+            await self.answer(event, screened.answer)
+        if screened.stop:
+            return
         if isinstance(event, Command):
             handler = self._handlers.get(event.name)
             if handler is None:
@@ -199,6 +207,18 @@ class Conversation:
 
     def messenger(self, chat: Chat) -> Messenger:
         return self.messengers[chat.platform]
+
+    async def answer(self, event: Event, text: str) -> None:
+        """A short answer to an event: the button's own answer for a press, a message otherwise."""
+        if isinstance(event, ButtonPress):
+            await self.messenger(event.chat).acknowledge(event, text)
+        else:
+            await self.say(event.chat, Reply(text), event)
+
+    def telegram_invite_link(self, code: str) -> str | None:
+        """The Telegram deep link that starts the bot with an invite code (None without Telegram)."""
+        link = getattr(self.messengers.get("telegram"), "invite_link", None)
+        return link(code) if link else None
 
     async def say(self, chat: Chat, reply: Reply, event: Event | None = None) -> list[str]:
         interaction = getattr(event, "interaction", None)
@@ -270,6 +290,11 @@ class Conversation:
             await self.say(chat, Reply(self.t("group_redirect")))
             return
         if not await self.require_consent(chat, user_id):
+            return
+        try:  # blocked, or no training left: the photos would be of no use, so none is downloaded
+            await self.engine.check_upload_allowed(user_id)
+        except Refused as refusal:
+            await self.say(chat, Reply(self.t.refusal(refusal)))
             return
         await self.engine.touch_user(user_id, chat.platform, self.address(chat))
         lines: list[str] = []
@@ -348,7 +373,7 @@ class Conversation:
         preset = self.engine.presets[key]
         position = await self.position_text(user_id, job_id)
         text = self.t(
-            "style_queued",
+            "clip_queued" if preset.video else "style_queued",
             label=self.t.style_label(key, preset.label),
             count=self.engine.settings.engine.images_per_request,
             position=position,
@@ -453,11 +478,28 @@ class Conversation:
             jobs=jobs or none,
             messages=messages,
         )
+        text = "\n".join([text, *self.allowance_lines(status.allowances)])
+        text += "\n" + self.t("status_ref", ref=status.support_ref)
         # The schedule below states this user's own /settings choices, not the operator's defaults.
         schedule = self.t.schedule(
             event.chat.platform, status.model_retention, status.message_retention or 0.0
         )
         await self.say(event.chat, Reply(text + "\n\n" + schedule), event)
+
+    def allowance_lines(self, allowances: list[Allowance]) -> list[str]:
+        """One line per quota: what is left, and when the next unit comes back."""
+        return [
+            self.t(
+                "status_quota",
+                what=self.t.lookup("quotas", allowance.kind),
+                left=allowance.left,
+                limit=allowance.limit,
+                renews=self.t("status_quota_renews", when=self.t.when(allowance.renews_at))
+                if allowance.renews_at and allowance.left < allowance.limit
+                else "",
+            )
+            for allowance in allowances
+        ]
 
     async def settings(self, event: Command, user_id: str) -> None:
         if not await self.require_consent(event.chat, user_id, event):

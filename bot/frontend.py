@@ -15,6 +15,10 @@ from bot.events import Messenger
 class Frontend(Protocol):
     messenger: Messenger
 
+    @property
+    def connected(self) -> bool:
+        """True while updates can arrive (`/healthz` is 503 otherwise)."""
+
     async def start(self) -> None:
         """Connect and start receiving updates; raise with a one-line reason when that is impossible."""
 

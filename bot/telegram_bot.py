@@ -149,6 +149,14 @@ class TelegramMessenger:
     def bot(self) -> Any:
         return self.app.bot
 
+    def invite_link(self, code: str) -> str | None:
+        """The deep link `https://t.me/<bot>?start=<code>` (it arrives as `/start <code>`)."""
+        try:
+            username = self.app.bot.username  # known once the front-end is initialised
+        except RuntimeError:
+            return None
+        return f"https://t.me/{username}?start={code}"
+
     async def send(self, chat: Chat, reply: Reply, *, interaction: object | None = None) -> list[str]:
         chat_id = int(chat.chat_id)
         sent: list[Message] = []
@@ -160,7 +168,21 @@ class TelegramMessenger:
                     )
                 )
             )
-        if reply.images:
+        if reply.animation:  # inline, looping playback; caption and buttons on the same message
+            name, clip = reply.animation
+            sent.append(
+                await with_retries(
+                    lambda: self.bot.send_animation(
+                        chat_id,
+                        animation=clip,
+                        filename=name,
+                        caption=reply.text,
+                        reply_markup=keyboard(reply),
+                        protect_content=self.protect(reply),
+                    )
+                )
+            )
+        elif reply.images:
             names = reply.image_names or tuple(f"portrait-{n + 1}.png" for n in range(len(reply.images)))
             media_type = InputMediaDocument if reply.as_files else InputMediaPhoto
             media = [
@@ -389,6 +411,11 @@ class TelegramFrontend:
             drop_pending_updates=False,
         )
         log.info("telegram front-end receiving updates by webhook on %s:%d", host, port)
+
+    @property
+    def connected(self) -> bool:
+        """True while updates are being received (for /healthz)."""
+        return bool(self.app.running and self.app.updater and self.app.updater.running)
 
     async def stop(self) -> None:
         for task in self._album_tasks.values():

@@ -240,8 +240,24 @@ class Language:
 
     # -- engine outcomes ---------------------------------------------------------------------------------
     def refusal(self, refused: Refused) -> str:
-        """The text for an engine refusal: [refusals] has one entry per reason."""
-        return self.text("refusals", refused.reason, **refused.detail)
+        """The text for an engine refusal: [refusals] has one entry per reason, or one per variant
+        (`<reason>_<variant>`) when the refusal names a variant."""
+        key = refused.reason
+        variant = f"{key}_{refused.detail.get('variant')}"
+        try:
+            self.lookup("refusals", variant)
+            key = variant
+        except KeyError:
+            pass
+        contact = self.settings.operator_contact or self.lookup("policy", "no_operator_contact")
+        values = {"contact": contact, **refused.detail}
+        if refused.reason == "quota":  # the engine's words and times, in this language
+            values["what"] = self.lookup("quotas", f"{values.get('kind')}_count")
+            if "period_seconds" in values:
+                values["period"] = self.duration(values["period_seconds"])
+            if "renews_at" in values:
+                values["renews"] = self.text("messages", "at_utc", when=self.when(values["renews_at"]))
+        return self.text("refusals", key, **values)
 
     def rejection(self, rejected: Rejected) -> tuple[str, str]:
         """(reason, tip) for an intake rejection."""
@@ -326,3 +342,8 @@ def _read(path: Path) -> dict[str, Any]:
 def progress_bar(fraction: float, width: int = 12) -> str:
     filled = round(max(0.0, min(1.0, fraction)) * width)
     return "█" * filled + "░" * (width - filled)
+
+
+def utc(timestamp: float) -> str:
+    """A moment for the operator's console (English, like every operator text): '2026-01-31 14:05'."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M")

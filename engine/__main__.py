@@ -1,8 +1,8 @@
-"""`python -m engine`: a standalone worker. Also `rotate-master-key` and `verify IMAGE...`.
+"""`python -m engine`: a standalone worker. Also `rotate-master-key` and `verify FILE...`.
 
 python -m engine                      run a worker (claims jobs until SIGTERM/Ctrl-C)
 python -m engine rotate-master-key    re-wrap every data key under a new master key
-python -m engine verify IMAGE...      print which AI-generated marks each image carries
+python -m engine verify FILE...       print which AI-generated marks each image or MP4 clip carries
 python -m engine eval PHOTOS_DIR [--holdout K] [--presets a,b] [--runs N] [--steps S]
                                       train on the photos minus K, report the portraits' likeness to the
                                       held-out ones vs the base model (JSON last line; docs/likeness.md)
@@ -24,6 +24,7 @@ log = logging.getLogger("engine")
 
 async def run_worker(settings: Settings) -> None:
     from engine.facade import Engine
+    from engine.runtime import serve_metrics
     from engine.worker import Worker
 
     engine = await Engine.open(settings)
@@ -31,12 +32,15 @@ async def run_worker(settings: Settings) -> None:
     install_stop_signals(stop)
     worker = Worker(engine)
     await engine.run_due_deadlines()
+    metrics = await serve_metrics(engine)
     task = asyncio.create_task(worker.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
     [outcome] = await asyncio.gather(task, return_exceptions=True)
     stopper.cancel()
+    if metrics is not None:
+        await metrics.stop()
     await engine.close()
     if isinstance(outcome, BaseException):  # e.g. the model could not be loaded: main() says why
         raise outcome

@@ -6,6 +6,7 @@ owner removes every object of theirs; on a versioned bucket, every version and d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -21,6 +22,10 @@ class BlobStore(Protocol):
     def delete(self, owner: str, blob_id: str) -> bool: ...
     def delete_owner(self, owner: str) -> int:
         """Delete every blob of the owner; returns how many blobs were deleted."""
+        ...
+
+    def space_used(self) -> int | None:
+        """Bytes stored (all owners), or None where measuring would be costly (a bucket listing)."""
         ...
 
 
@@ -76,6 +81,13 @@ class LocalBlobs:
             folder.rmdir()
         return removed
 
+    def space_used(self) -> int | None:
+        total = 0
+        for path in self.root.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                total += path.stat().st_size if path.is_file() else 0
+        return total
+
 
 class S3Blobs:
     """Objects `<prefix>/<owner>/<blob id>.bin` in one bucket of any S3-compatible service.
@@ -95,6 +107,9 @@ class S3Blobs:
         self.client = boto3.client(
             "s3", config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"})
         )
+
+    def space_used(self) -> int | None:
+        return None  # listing a whole bucket at every scrape would be costly; the provider reports it
 
     def key(self, owner: str, blob_id: str) -> str:
         return f"{self.owner_prefix(owner)}{blob_id}.bin"

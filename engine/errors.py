@@ -17,7 +17,15 @@ Reason = Literal[
     "unknown_style",  # the preset is not offered (any more)
     "not_yours",  # the job (or message) named belongs to someone else, or does not exist
     "storage_full",  # the server's disk is full (or over quota): nothing was stored, try later
-    "busy",  # the database stayed locked by another process: nothing was stored, try again
+    "storage_busy",  # the database stayed locked by another process: nothing was stored, try again
+    "access",  # not admitted (invite or allowlist mode): detail variant = the mode
+    "invite_invalid",  # the invite code is unknown, used up or expired
+    "blocked",  # an operator blocked this user's new work
+    "paused",  # an operator paused new trainings and style requests
+    "busy",  # the queue is full: detail minutes = a measured estimate of when there is room
+    "quota",  # the user's allowance is used up: detail kind, limit, period, renews (timestamp)
+    "request_pending",  # a style request of this user is still queued or running
+    "flood",  # the user sends faster than flood control allows
 ]
 REASONS: frozenset[str] = frozenset(get_args(Reason))
 
@@ -40,7 +48,7 @@ def storage_refusal(error: BaseException) -> Refused | None:
     if isinstance(error, sqlite3.OperationalError) and any(
         word in str(error).lower() for word in ("database is locked", "database is busy", "disk is full")
     ):
-        return Refused("storage_full") if "full" in str(error).lower() else Refused("busy")
+        return Refused("storage_full") if "full" in str(error).lower() else Refused("storage_busy")
     return None
 
 

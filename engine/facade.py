@@ -8,36 +8,48 @@ This module never imports torch: the bot can use it without loading the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import math
 import zipfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from engine.access import Access, Invite
+from engine.admission import Admission
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused, storage_refusal
 from engine.estimates import prior_seconds
 from engine.export import readable
+from engine.flood import FloodControl, Verdict
 from engine.intake import Accepted, Fingerprint, IntakeLimits, Rejected, check_reported_size, process_photo
 from engine.likeness import Signature
+from engine.metrics import Metrics
+from engine.operations import LogEntry, Operations, Overview
 from engine.presets import Preset, load_presets
 from engine.queue import Job, JobQueue, QueuePosition
+from engine.quotas import Allowance, Quotas
 from engine.retention import MessageDeleter, Retention
-from engine.settings import Settings
+from engine.settings import Settings, format_duration
 from engine.vault import Pseudonymizer, Vault, load_or_create_master_key, open_vault
 
 # What callers outside the engine may use of the engine's types: they come from here.
 __all__ = [
     "Accepted",
+    "Allowance",
+    "BlockOutcome",
     "Delivery",
     "Engine",
+    "Invite",
     "Job",
+    "LogEntry",
     "MessageTarget",
+    "Overview",
     "PhotoResult",
     "PortraitScore",
     "Preset",
@@ -47,6 +59,7 @@ __all__ = [
     "Rejected",
     "RunningJob",
     "UserStatus",
+    "Verdict",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +72,13 @@ SIGNATURE_DESCRIPTION = (
     "own key and deleted together with your model, or at once with /forget. Its numbers are not shown "
     "here on purpose."
 )
+
+RESULT_KINDS = ("portraits", "video")  # deliveries that carry outputs (still images, or one MP4 clip)
 MAX_DELIVERY_ATTEMPTS = 40  # with exponential backoff capped at 1 h: about a day of tries
+MAX_INVITE_USES = 1000
+MAX_INVITE_VALIDITY = 365 * 86400.0
+# Outcome of `/ops block` and `/ops unblock`: done, nothing to change, no such reference, malformed.
+BlockOutcome = str  # "blocked" | "unblocked" | "unchanged" | "unknown" | "invalid"
 
 
 @dataclass(frozen=True)
@@ -75,10 +94,10 @@ class Delivery:
     id: str
     user_id: str
     job_id: str
-    kind: str  # trained | portraits | failed
+    kind: str  # trained | portraits | video | failed
     chat: dict[str, Any]
     preset: str | None = None
-    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (output id, encoded image or MP4)
     error: str | None = None
     scores: list[PortraitScore] = field(default_factory=list)  # one per image, same order
     parts_sent: int = 0  # parts (platform sends) already accepted: a restart skips them
@@ -142,6 +161,8 @@ class UserStatus:
     jobs: list[tuple[Job, QueuePosition]]
     model_retention: float
     message_retention: float
+    allowances: list[Allowance] = field(default_factory=list)  # quotas with a limit
+    support_ref: str = ""  # what the user quotes to an operator; reveals nothing else
 
 
 class Engine:
@@ -152,15 +173,27 @@ class Engine:
     """
 
     def __init__(self, settings: Settings, store: Database, vault: Vault, presets: dict[str, Preset]):
-        self.settings = settings
         self.store = store  # the database connection (tests read it directly)
         self.tables = Tables(store)
         self.vault = vault
-        self.presets = presets
+        video_off = settings.engine.motion_adapter == "off"  # no motion adapter: no video presets offered
+        self.presets = {key: p for key, p in presets.items() if not (video_off and p.video)}
         self.pseudonyms = Pseudonymizer(vault)
+        self.metrics = Metrics()
+        self.access = Access(settings.access, self.tables, self.pseudonyms)
+        # Platform ids are held only as pseudonyms once read (in `access`).
+        self.settings = replace(settings, access=replace(settings.access, allow="", operators=""))
         priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate")}
         self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts, priors=priors)
+        self.queue.on_finished = lambda kind, seconds: self.metrics.job_seconds.labels(kind).observe(seconds)
         self.retention = Retention(self.tables, self.queue, vault)
+        self.retention.on_deleted = lambda kind: self.metrics.deletions.labels(kind).inc()
+        self.ops = Operations(self.tables, vault, self.access.support_ref)
+        self.quotas = Quotas(settings.quota, self.tables)
+        self.admission = Admission(
+            self.tables, self.queue, self.access, self.quotas, self.ops, settings.engine.max_queued
+        )
+        self.flood = FloodControl(settings.access.flood_per_minute, settings.access.flood_burst, store.clock)
         self.limits = IntakeLimits(
             max_bytes=settings.upload.max_mb * 1024 * 1024,
             max_pixels=settings.upload.max_pixels,
@@ -260,7 +293,18 @@ class Engine:
 
     # -- photos ---------------------------------------------------------------------------------------
     def check_size(self, size: int | None) -> Rejected | None:
-        return check_reported_size(size, self.limits)
+        rejected = check_reported_size(size, self.limits)
+        if rejected is not None:
+            self.metrics.photos.labels(rejected.code).inc()
+        return rejected
+
+    async def check_upload_allowed(self, user_id: str) -> None:
+        """Before any photo is downloaded: photos are only for training, so a blocked user or one with no
+        training left is refused here (`Refused`), and nothing is downloaded."""
+        with self._counting_refusals():
+            if await self.access.is_blocked(user_id):
+                raise Refused("blocked", ref=self.access.support_ref(user_id))
+            await self.quotas.require(user_id, "train")
 
     async def photo_count(self, user_id: str) -> int:
         return await self.tables.photos.count(user_id)
@@ -278,6 +322,7 @@ class Engine:
                 for row in await self.tables.photos.fingerprints(user_id)
             ]
             outcome = await asyncio.to_thread(process_photo, data, self.limits, previous)
+            self.metrics.photos.labels(outcome.code if isinstance(outcome, Rejected) else "accepted").inc()
             if isinstance(outcome, Rejected):
                 return PhotoResult(outcome, count)
             try:
@@ -346,14 +391,22 @@ class Engine:
             raise Refused("not_enough_photos", min_photos=self.settings.upload.min_photos, count=count)
         if await self.active_training(user_id):
             raise Refused("already_training", min_photos=self.settings.upload.min_photos, count=count)
+        with self._counting_refusals():
+            await self.admission.require(user_id, "train")
         return await self._enqueue(user_id, "train", {})
 
     async def request_portraits(self, user_id: str, preset_key: str) -> str:
-        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style)."""
+        """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style, and the
+        admission reasons: blocked, paused, request_pending, quota, busy). A video preset queues one
+        animated clip (job kind `video`) instead of still portraits."""
         if preset_key not in self.presets:
             raise Refused("unknown_style")
         if not await self.has_model(user_id) and not await self.active_training(user_id):
             raise Refused("no_model")
+        with self._counting_refusals():
+            await self.admission.require(user_id, "generate")
+        if self.presets[preset_key].video:
+            return await self._enqueue(user_id, "video", {"preset": preset_key})
         payload = {"preset": preset_key, "count": self.settings.engine.images_per_request}
         return await self._enqueue(user_id, "generate", payload)
 
@@ -377,8 +430,13 @@ class Engine:
         return await self.queue.position(job) if job else None
 
     async def cancel_job(self, user_id: str, job_id: str) -> bool:
-        """Cancel one of the user's active jobs; False if it is not theirs or already over."""
-        return await self.queue.cancel(job_id, user_id)
+        """Cancel one of the user's active jobs (its quota unit comes back); False if it is not theirs or
+        already over."""
+        job = await self.job(user_id, job_id)
+        cancelled = await self.queue.cancel(job_id, user_id)
+        if cancelled and job is not None:
+            self.metrics.jobs.labels(job.kind, "cancelled").inc()
+        return cancelled
 
     async def cancel_jobs(self, user_id: str) -> int:
         return await self.queue.cancel_user(user_id)
@@ -445,6 +503,11 @@ class Engine:
             self.vault.open(user_id, "signature", adapter["id"], adapter["signature"])
         )
 
+    async def record_clip(self, job: Job, preset_key: str, clip: bytes, adapter_id: str) -> bool:
+        """Store the marked MP4 of a video job as the job's one output (sealed, with the outputs'
+        deadline) and finish it with a `video` delivery; False when the job was lost."""
+        return await self.record_portraits(job, preset_key, [clip], adapter_id, delivery_kind="video")
+
     async def record_portraits(
         self,
         job: Job,
@@ -453,10 +516,12 @@ class Engine:
         adapter_id: str,
         scores: list[PortraitScore] | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery_kind: str = "portraits",
     ) -> bool:
         """Store the encoded portraits of a generation job (with their scores, and the job's measurements
         in ``metadata``) and finish it, if this attempt still owns it; the model's lifetime starts again.
-        Returns False (and stores nothing) when the job was lost."""
+        ``delivery_kind`` is "video" for a clip (one output). Returns False (and stores nothing) when the job
+        was lost."""
         user_id = job.user_id
         scores = scores or [PortraitScore(None, None, False)] * len(images)
         if len(scores) != len(images):
@@ -490,13 +555,15 @@ class Engine:
                     await self.queue.set_metadata(job.id, metadata)
                 await self.tables.adapters.touch(adapter_id, now)
                 await self.retention.set_deadline(user_id, "adapter", adapter_id, now + keep)
-                await self._finish(job, "portraits")
+                await self._finish(job, delivery_kind)
         return True
 
     async def record_failure(self, job: Job, reason: str) -> str:
         """A failed attempt: retried with backoff while attempts remain, else the user is told.
         Returns the job's new state ("lost" when this attempt no longer owns it)."""
         state = await self.queue.fail(job, reason)
+        if state != "lost":
+            self.metrics.jobs.labels(job.kind, "retried" if state == "queued" else "failed").inc()
         if state == "failed":
             await self.retention.clear_deadline("job", job.id)
             if await self.is_known(job.user_id):
@@ -507,7 +574,8 @@ class Engine:
         """Inside the results' transaction: queue the delivery and end the job, so a crash can neither
         leave results twice nor finish a job without its delivery."""
         await self.tables.deliveries.add(job.user_id, job.id, delivery_kind)
-        await self.queue.finish(job)
+        if await self.queue.finish(job):
+            self.metrics.jobs.labels(job.kind, "done").inc()
         await self.retention.clear_deadline("job", job.id)
 
     async def _discard(self, user_id: str, blob_ids: list[str]) -> None:
@@ -529,7 +597,7 @@ class Engine:
             images: list[tuple[str, bytes]] = []
             scores: list[PortraitScore] = []
             preset = job.payload.get("preset") if job else None
-            if row["kind"] == "portraits":
+            if row["kind"] in RESULT_KINDS:
                 for output in await self.tables.outputs.scores_of_job(row["job_id"]):
                     data = self._output(row["user_id"], output["id"])
                     if data is not None:
@@ -598,7 +666,7 @@ class Engine:
         message_retention = await self.message_retention(delivery.user_id, platform)
         for message_id in message_ids:
             row_id = await self.tables.messages.add(delivery.user_id, message_id, "result", delivery.job_id)
-            if delivery.kind == "portraits" and message_retention > 0:
+            if delivery.kind in RESULT_KINDS and message_retention > 0:
                 await self.retention.set_deadline(
                     delivery.user_id, "message", row_id, now + message_retention
                 )
@@ -679,6 +747,8 @@ class Engine:
             jobs=jobs,
             model_retention=await self.model_retention(user_id),
             message_retention=await self.message_retention(user_id, platform),
+            allowances=await self.quotas.allowances(user_id),
+            support_ref=self.access.support_ref(user_id),
         )
 
     async def export(self, user_id: str) -> tuple[bytes, bytes | None]:
@@ -698,9 +768,11 @@ class Engine:
             for photo in summary["photos"]:
                 zipped.writestr(f"photos/{photo['id']}.png", self.vault.get(user_id, "photo", photo["id"]))
             for output in summary["outputs"]:
-                zipped.writestr(
-                    f"portraits/{output['id']}.png", self.vault.get(user_id, "output", output["id"])
+                data = self.vault.get(user_id, "output", output["id"])
+                name = (
+                    f"videos/{output['id']}.mp4" if data[4:8] == b"ftyp" else f"portraits/{output['id']}.png"
                 )
+                zipped.writestr(name, data)
         await self.tables.audit.add("export")
         files = archive.getvalue() if summary["photos"] or summary["outputs"] else None
         return json.dumps(readable(summary), indent=2, default=str).encode(), files
@@ -731,4 +803,121 @@ class Engine:
             )
             await self.store.compact()
             self._user_locks.pop(user_id, None)
+            for artifact, count in (("photo", rows["photos"]), ("adapter", rows["adapters"])):
+                self.metrics.deletions.labels(artifact).inc(count)
+            self.metrics.deletions.labels("output").inc(rows["outputs"])
+            self.metrics.deletions.labels("user").inc(rows["users"])
             return receipt
+
+    # -- running in public: access, flood control, operators, metrics ---------------------------------
+    @contextlib.contextmanager
+    def _counting_refusals(self) -> Iterator[None]:
+        """Count each `Refused` raised inside the block by reason (metrics), and let it through."""
+        try:
+            yield
+        except Refused as refused:
+            self.metrics.refusals.labels(refused.reason).inc()
+            raise
+
+    def note_update(self, platform: str, kind: str) -> None:
+        """Count one incoming update (platform: telegram|discord|console; kind: command|button|photo|text)."""
+        self.metrics.updates.labels(platform, kind).inc()
+
+    def admit_update(self, user_id: str) -> Verdict:
+        """Flood control: OK to handle, WARN (tell the user once), or DROP (ignore, download nothing)."""
+        verdict = self.flood.check(user_id)
+        if verdict is not Verdict.OK:
+            self.metrics.refusals.labels("flood").inc()
+        return verdict
+
+    async def require_access(self, user_id: str) -> None:
+        """Raise `Refused("access")` unless the access mode admits the user (operators always)."""
+        with self._counting_refusals():
+            await self.access.require(user_id)
+
+    async def redeem_invite(self, user_id: str, code: str) -> bool:
+        """Admit the user with an invite code: True if admitted now, False if no code was needed.
+        Raises `Refused("invite_invalid")` for an unknown, used-up or expired code."""
+        with self._counting_refusals():
+            return await self.access.redeem(user_id, code)
+
+    def is_operator(self, user_id: str) -> bool:
+        return self.access.is_operator(user_id)
+
+    def support_reference(self, user_id: str) -> str:
+        return self.access.support_ref(user_id)
+
+    def _operator(self, user_id: str) -> str:
+        if not self.access.is_operator(user_id):
+            raise PermissionError("operator commands are for operators only")
+        return user_id
+
+    async def ops_overview(self, operator: str) -> Overview:
+        self._operator(operator)
+        return await self.ops.overview()
+
+    async def create_invite(self, operator: str, uses: int = 1, valid_for: float = 7 * 86400.0) -> Invite:
+        """A new invite code (shown once; stored only hashed) for `uses` new users, valid for `valid_for`."""
+        self._operator(operator)
+        if not 1 <= uses <= MAX_INVITE_USES or not 0 < valid_for <= MAX_INVITE_VALIDITY:
+            raise ValueError("uses must be 1..1000 and the expiry at most 365 days")
+        invite = await self.access.create_invite(uses, valid_for)
+        await self.ops.record(operator, "ops_invite", uses=uses, valid_for=format_duration(valid_for))
+        return invite
+
+    async def pause_intake(self, operator: str) -> None:
+        """Stop accepting new trainings and style requests; running and queued work goes on."""
+        await self.ops.set_paused(self._operator(operator), True)
+
+    async def resume_intake(self, operator: str) -> None:
+        await self.ops.set_paused(self._operator(operator), False)
+
+    async def block(self, operator: str, ref_text: str) -> BlockOutcome:
+        """Refuse new work of the user with this support reference (as /status shows it)."""
+        self._operator(operator)
+        ref = self.access.normalise_ref(ref_text)
+        if ref is None:
+            return "invalid"
+        if not await self.access.known_ref(ref):
+            return "unknown"
+        if not await self.tables.blocks.add(ref):
+            return "unchanged"
+        await self.ops.record(operator, "ops_block", ref=ref)
+        return "blocked"
+
+    async def unblock(self, operator: str, ref_text: str) -> BlockOutcome:
+        self._operator(operator)
+        ref = self.access.normalise_ref(ref_text)
+        if ref is None:
+            return "invalid"
+        if not await self.tables.blocks.remove(ref):
+            return "unchanged"
+        await self.ops.record(operator, "ops_unblock", ref=ref)
+        return "unblocked"
+
+    async def ops_log(self, operator: str, limit: int = 20) -> list[LogEntry]:
+        """The latest operator actions, newest first (operators by support reference)."""
+        self._operator(operator)
+        return await self.ops.log(limit)
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus exposition, with the gauges about stored state read now."""
+        metrics, stats = self.metrics, self.tables.stats
+        jobs = await stats.jobs_by_state()
+        for kind in ("train", "generate"):
+            metrics.queue_depth.labels(kind).set(jobs.get((kind, "queued"), 0))
+            metrics.jobs_running.labels(kind).set(jobs.get((kind, "running"), 0))
+        metrics.deliveries_pending.set(await stats.deliveries_pending())
+        metrics.deadlines_overdue.set(await stats.deadlines_overdue(self.clock.now()))
+        metrics.paused.set(1 if await self.ops.paused() else 0)
+        blob_bytes = await asyncio.to_thread(self.vault.space_used)
+        if blob_bytes is not None:
+            metrics.blob_bytes.set(blob_bytes)
+        return metrics.render()
+
+    async def store_reachable(self) -> bool:
+        try:
+            return await self.tables.stats.ping()
+        except Exception:
+            log.warning("the store is not reachable", exc_info=True)
+            return False

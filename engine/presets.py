@@ -31,6 +31,10 @@ class Preset:
     aspect: str
     refine_face: bool = False  # regenerate the face region at the model's resolution (small faces)
     upscale: int = 1  # 2: a second image-to-image pass at twice the size
+    video: bool = False  # an animated clip (MP4) instead of still portraits
+    frames: int = 16  # video only: frames in the delivered clip
+    fps: int = 8  # video only: playback frame rate
+    loop: bool = False  # video only: the last frame flows into the first (crossfade)
 
     def render(self, token: str) -> str:
         """The prompt with the user's token filled in (plain replace, so other braces are left alone)."""
@@ -72,6 +76,7 @@ def _preset(key: str, table: object) -> Preset:
     if not isinstance(table, dict):
         raise PresetError(f"preset {key!r}: must be a table ([presets.{key}])")
     known = {"label", "prompt", "negative_prompt", "steps", "guidance", "aspect", "refine_face", "upscale"}
+    known |= _VIDEO_FIELDS
     unknown = sorted(set(table) - known)
     if unknown:
         raise PresetError(f"preset {key!r}: unknown field {unknown[0]!r}")
@@ -99,7 +104,47 @@ def _preset(key: str, table: object) -> Preset:
         raise PresetError(f"preset {key!r}: field 'aspect' {e}") from None
     if upscale not in UPSCALES:
         raise PresetError(f"preset {key!r}: field 'upscale' must be 1 (off) or 2")
-    return Preset(key, label, prompt, negative, steps, guidance, aspect, refine_face, upscale)
+    return Preset(
+        key,
+        label,
+        prompt,
+        negative,
+        steps,
+        guidance,
+        aspect,
+        refine_face,
+        upscale,
+        **_video_fields(key, table),
+    )
+
+
+_VIDEO_FIELDS = {"video", "frames", "fps", "loop"}
+MAX_FRAMES = 24  # AnimateDiff adapters are trained on 16 frames and hold at most 32 (with the loop overlap)
+
+
+def _flag(key: str, table: dict, name: str) -> bool:
+    value = table.get(name, False)
+    if not isinstance(value, bool):
+        raise PresetError(f"preset {key!r}: field {name!r} must be true or false")
+    return value
+
+
+def _video_fields(key: str, table: dict) -> dict:
+    """The optional video fields; ``frames``, ``fps`` and ``loop`` only make sense with ``video = true``."""
+    video = _flag(key, table, "video")
+    extra = sorted(_VIDEO_FIELDS - {"video"} & set(table))
+    if extra and not video:
+        raise PresetError(f"preset {key!r}: field {extra[0]!r} needs 'video = true'")
+    if not video:
+        return {}
+    frames = _field(key, table, "frames", int) if "frames" in table else 16
+    fps = _field(key, table, "fps", int) if "fps" in table else 8
+    loop = _flag(key, table, "loop")
+    if not 8 <= frames <= MAX_FRAMES:
+        raise PresetError(f"preset {key!r}: field 'frames' must be between 8 and {MAX_FRAMES}")
+    if not 4 <= fps <= 30:
+        raise PresetError(f"preset {key!r}: field 'fps' must be between 4 and 30")
+    return {"video": True, "frames": frames, "fps": fps, "loop": loop}
 
 
 def load_presets(path: Path) -> dict[str, Preset]:

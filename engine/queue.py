@@ -12,7 +12,7 @@ Rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,7 @@ class QueuePosition:
 
 # Until durations have been measured, ETAs use priors (seconds): the facade passes ones estimated from the
 # configured model and device (engine.estimates); these are the fallback. Measured values replace them.
-DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0}
+DEFAULT_DURATIONS = {"train": 600.0, "generate": 60.0, "video": 180.0}
 
 
 class JobQueue:
@@ -79,6 +79,7 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.backoff = backoff_seconds
         self.priors = {**DEFAULT_DURATIONS, **(priors or {})}
+        self.on_finished: Callable[[str, float], None] | None = None  # told (kind, seconds) of each job done
 
     async def enqueue(self, user_id: str, kind: str, payload: dict[str, Any] | None = None) -> str:
         job_id = new_id()
@@ -147,10 +148,10 @@ class JobQueue:
         changed = await self.db.execute(self.sql.JOB_FINISH, (now, job.id, job.attempts))
         if changed:
             started = await self.db.fetchone(self.sql.JOB_STARTED_AT, (job.id,))
-            await self.db.execute(
-                self.sql.DURATION_INSERT,
-                (job.kind, max(0.0, now - started["started_at"]), now),
-            )
+            seconds = max(0.0, now - started["started_at"])
+            await self.db.execute(self.sql.DURATION_INSERT, (job.kind, seconds, now))
+            if self.on_finished is not None:
+                self.on_finished(job.kind, seconds)
         return changed > 0
 
     async def fail(self, job: Job, reason: str, retry: bool = True) -> str:

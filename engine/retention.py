@@ -30,6 +30,7 @@ class Retention:
         self.tables = tables
         self.queue = queue
         self.vault = vault
+        self.on_deleted: Callable[[str], None] | None = None  # told the kind of each artifact deleted
 
     async def set_deadline(self, user_id: str, kind: str, ref_id: str, due_at: float) -> None:
         await self.tables.deadlines.set(user_id, kind, ref_id, due_at)
@@ -59,6 +60,8 @@ class Retention:
             await delete_message(user_id, ref_id)
             await tables.messages.delete(ref_id)
         await self.clear_deadline(kind, ref_id)
+        if self.on_deleted is not None:
+            self.on_deleted(kind)
         return True
 
     async def run_due(self, delete_message: MessageDeleter | None = None) -> dict[str, int]:

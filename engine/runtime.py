@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from engine import logs
 from engine.errors import StartupError
 from engine.facade import Engine
+from engine.metrics import MetricsServer
 from engine.retention import MessageDeleter, RetentionScheduler
+from engine.settings import parse_address
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,26 @@ def one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+async def serve_metrics(engine: Engine, connected: Callable[[], bool] | None = None) -> MetricsServer | None:
+    """Serve `/metrics` and `/healthz` on `LIKENESS_METRICS_ADDRESS` (None when it is empty).
+    `/healthz` is 200 while the store answers and `connected()` (the front-ends, if any) is true."""
+    address = parse_address(engine.settings.metrics.address)
+    if address is None:
+        return None
+
+    async def healthy() -> bool:
+        return await engine.store_reachable() and (connected is None or connected())
+
+    server = MetricsServer(address[0], address[1], engine.metrics_text, healthy)
+    try:
+        await server.start()
+    except OSError as error:
+        raise StartupError(
+            f"metrics: cannot listen on {engine.settings.metrics.address}: {one_line(error)}"
+        ) from error
+    return server
+
+
 class Background:
     """The retention scheduler and, when asked, an embedded worker, around one `Engine`.
 
@@ -51,15 +74,23 @@ class Background:
         self.engine = engine
         self.retention: RetentionScheduler | None = None
         self.worker: Any = None
+        self.metrics: MetricsServer | None = None
         self._task: asyncio.Task | None = None
         if with_worker:
             from engine.worker import Worker
 
             self.worker = Worker(engine, models=models)
 
-    async def start(self, delete_message: MessageDeleter | None, stopped: asyncio.Event) -> None:
-        """Delete overdue data, make pending deliveries due, load the model (a failure is a
-        `StartupError`); the worker starts with `run_worker`, after the front-ends are up."""
+    async def start(
+        self,
+        delete_message: MessageDeleter | None,
+        stopped: asyncio.Event,
+        connected: Callable[[], bool] | None = None,
+    ) -> None:
+        """Delete overdue data, make pending deliveries due, serve metrics (if configured; `connected`
+        says whether the front-ends are up), load the model (a failure is a `StartupError`); the worker
+        starts with `run_worker`, after the front-ends are up."""
+        self.metrics = await serve_metrics(self.engine, connected)
         sweep = self.engine.settings.retention.sweep_interval
         self.retention = RetentionScheduler(self.engine.retention, sweep, delete_message)
         overdue = await self.retention.start()
@@ -99,3 +130,5 @@ class Background:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.retention:
             self.retention.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()

@@ -92,10 +92,12 @@ class EngineSettings:
     candidates: int
     min_likeness: int
     adapter_cache: int
+    motion_adapter: str
     lease: Duration
     max_attempts: int
     poll_interval: Duration
     presets: str
+    max_queued: int
 
     @property
     def job_kinds(self) -> tuple[str, ...]:
@@ -140,6 +142,28 @@ class ProvenanceSettings:
 
 
 @dataclass(frozen=True)
+class AccessSettings:
+    mode: str
+    allow: str
+    operators: str
+    flood_per_minute: int
+    flood_burst: int
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    trainings: int
+    trainings_period: Duration
+    requests: int
+    requests_period: Duration
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    address: str
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     master_key: str
@@ -152,12 +176,44 @@ class Settings:
     upload: UploadSettings
     retention: RetentionSettings
     provenance: ProvenanceSettings
+    access: AccessSettings
+    quota: QuotaSettings
+    metrics: MetricsSettings
+
     # Every other [table] of the settings file: a platform's section, typed by its adapter (bot/).
     platforms: Mapping[str, Section] = field(default_factory=dict)
 
     def platform(self, name: str) -> Section:
         """The `[name]` section (empty when the file has none: reading it then names the missing keys)."""
         return self.platforms.get(name) or Section(name)
+
+
+ACCESS_MODES = ("open", "invite", "allowlist")
+PLATFORMS = ("telegram", "discord", "console")
+
+
+def parse_platform_ids(text: str) -> list[tuple[str, str]]:
+    """`telegram:123, discord:456` -> [("telegram", "123"), ("discord", "456")]; ValueError if malformed."""
+    entries = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        platform, _, user = item.partition(":")
+        platform, user = platform.strip().lower(), user.strip()
+        if platform not in PLATFORMS or not user or not re.fullmatch(r"[\w.-]+", user):
+            raise ValueError(f"expected entries like telegram:123 or discord:456, got {item!r}")
+        entries.append((platform, user))
+    return entries
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """`127.0.0.1:9464` -> ("127.0.0.1", 9464); empty -> None (off); ValueError if malformed."""
+    if not text.strip():
+        return None
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
+        raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _convert(kind: Any, value: Any, name: str) -> Any:
@@ -247,7 +303,18 @@ def _validate(settings: Settings) -> None:
         (1 <= engine.candidates <= 8, "LIKENESS_ENGINE_CANDIDATES", "must be 1..8"),
         (0 <= engine.min_likeness <= 100, "LIKENESS_ENGINE_MIN_LIKENESS", "must be 0..100"),
         (engine.adapter_cache >= 1, "LIKENESS_ENGINE_ADAPTER_CACHE", "must be at least 1"),
+        (
+            bool(engine.motion_adapter.strip()),
+            "LIKENESS_ENGINE_MOTION_ADAPTER",
+            "must be auto, off, tiny, an id or a folder",
+        ),
         (engine.max_attempts >= 1, "LIKENESS_ENGINE_MAX_ATTEMPTS", "must be at least 1"),
+        (engine.max_queued >= 1, "LIKENESS_ENGINE_MAX_QUEUED", "must be at least 1"),
+        (settings.access.mode in ACCESS_MODES, "LIKENESS_ACCESS_MODE", "must be open, invite or allowlist"),
+        (settings.access.flood_per_minute >= 1, "LIKENESS_ACCESS_FLOOD_PER_MINUTE", "must be at least 1"),
+        (settings.access.flood_burst >= 1, "LIKENESS_ACCESS_FLOOD_BURST", "must be at least 1"),
+        (settings.quota.trainings >= 0, "LIKENESS_QUOTA_TRAININGS", "must be 0 (no limit) or more"),
+        (settings.quota.requests >= 0, "LIKENESS_QUOTA_REQUESTS", "must be 0 (no limit) or more"),
         (engine.presets_path.is_file(), "LIKENESS_ENGINE_PRESETS", f"no such file: {engine.presets_path}"),
         (
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
@@ -268,6 +335,15 @@ def _validate(settings: Settings) -> None:
     for ok, name, problem in checks:
         if not ok:
             raise SettingsError(f"setting {name}: {problem}")
+    for name, text, parse in (
+        ("LIKENESS_ACCESS_ALLOW", settings.access.allow, parse_platform_ids),
+        ("LIKENESS_ACCESS_OPERATORS", settings.access.operators, parse_platform_ids),
+        ("LIKENESS_METRICS_ADDRESS", settings.metrics.address, parse_address),
+    ):
+        try:
+            parse(text)
+        except ValueError as error:
+            raise SettingsError(f"setting {name}: {error}") from None
 
 
 def _sections(table: dict[str, Any], env: dict[str, str]) -> dict[str, Section]:
@@ -280,7 +356,7 @@ def _sections(table: dict[str, Any], env: dict[str, str]) -> dict[str, Section]:
     }
 
 
-JOB_KINDS = ("train", "generate")
+JOB_KINDS = ("train", "generate", "video")
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 

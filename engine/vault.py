@@ -282,6 +282,10 @@ class Vault:
         self.keys.shred(owner)
         return self.blobs.delete_owner(owner)
 
+    def space_used(self) -> int | None:
+        """Bytes of encrypted blobs stored (all users together); None where the store does not say."""
+        return self.blobs.space_used()
+
     def close(self) -> None:
         self.keys.close()
 
@@ -313,3 +317,9 @@ class Pseudonymizer:
     def user(self, platform: str, platform_user_id: str | int) -> str:
         message = f"user:{platform}:{platform_user_id}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def keyed(self, purpose: str, value: str) -> str:
+        """A keyed hash of `value` for one purpose (invite codes, support references): not reversible,
+        and different for each purpose."""
+        message = f"{purpose}:{value}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()

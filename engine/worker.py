@@ -58,6 +58,17 @@ class Models:
         log.info("model %s loaded on %s in %.1fs", settings.model, self.device, time.perf_counter() - started)
         self.generator = Generator(self.pipe, cache_size=settings.adapter_cache)
         self.train_steps = settings.train_steps
+        self.motion_adapter = settings.motion_adapter
+        self._videos: Any = None
+
+    @property
+    def videos(self) -> Any:
+        """The clip generator on the same pipeline and adapter slots (its motion adapter loads on first use)."""
+        if self._videos is None:
+            from engine.ml.video import VideoGenerator
+
+            self._videos = VideoGenerator(self.generator, self.motion_adapter)
+        return self._videos
 
 
 # The rare token each user's LoRA is bound to (DreamBooth's convention). Every user has their own adapter,
@@ -160,7 +171,7 @@ class Worker:
     async def _work(self, job: Job, progress: _Progress) -> None:
         """Run the job's handler, looked up by its kind (the registry of what a worker can do)."""
         await self._check(job, progress)
-        handlers = {"train": self._train, "generate": self._generate}
+        handlers = {"train": self._train, "generate": self._generate, "video": self._video}
         if job.kind not in handlers:
             raise ValueError(f"unknown job kind {job.kind!r}")
         await handlers[job.kind](job, progress)
@@ -212,17 +223,9 @@ class Worker:
 
         engine, user_id = self.engine, job.user_id
         preset = engine.presets.get(job.payload.get("preset", ""))
-        if preset is None:
+        if preset is None or preset.video:
             raise ValueError("this style is no longer offered")
-        adapter = await engine.adapter(user_id)
-        if adapter is None:
-            raise ValueError("no trained model")
-        progress.update(0.0, "loading your model")
-        if not self.models.generator.has_adapter(user_id):
-            adapter_bytes = await engine.adapter_weights(user_id, adapter["id"])
-            await self._compute(self.models.generator.load_adapter, user_id, adapter_bytes)
-            del adapter_bytes
-        await self._check(job, progress)
+        adapter = await self._load_adapter(job, progress)
         settings = engine.settings.engine
         count = int(job.payload.get("count", settings.images_per_request))
         seed = int.from_bytes(os.urandom(4), "big")
@@ -256,6 +259,53 @@ class Worker:
         if not await engine.record_portraits(
             job, preset.key, encoded, adapter["id"], scores, made.metadata()
         ):
+            raise JobLost()
+
+    async def _load_adapter(self, job: Job, progress: _Progress) -> Any:
+        """The user's model row, with its weights loaded into the generator's slots."""
+        engine, user_id = self.engine, job.user_id
+        adapter = await engine.adapter(user_id)
+        if adapter is None:
+            raise ValueError("no trained model")
+        progress.update(0.0, "loading your model")
+        if not self.models.generator.has_adapter(user_id):
+            adapter_bytes = await engine.adapter_weights(user_id, adapter["id"])
+            await self._compute(self.models.generator.load_adapter, user_id, adapter_bytes)
+            del adapter_bytes
+        await self._check(job, progress)
+        return adapter
+
+    async def _video(self, job: Job, progress: _Progress) -> None:
+        """One animated clip (MP4) of a video preset with the user's model, marked as AI-generated."""
+        from engine.ml.generate import GenerationStopped
+        from engine.provenance.video import mark_video
+
+        engine = self.engine
+        preset = engine.presets.get(job.payload.get("preset", ""))
+        if preset is None or not preset.video:
+            raise ValueError("this style is no longer offered")
+        adapter = await self._load_adapter(job, progress)
+        videos = self.models.videos
+        progress.update(0.02, "loading the motion model")
+        await self._compute(lambda: videos.pipeline)
+        await self._check(job, progress)
+        seed = int.from_bytes(os.urandom(4), "big")
+        try:
+            clip = await self._compute(
+                videos.generate,
+                job.user_id,
+                preset,
+                adapter["token"],
+                seed,
+                progress=lambda f, s: progress.update(0.05 + 0.85 * f, s),
+                should_stop=progress.stop.is_set,
+            )
+        except GenerationStopped:
+            raise JobLost() from None
+        await self._check(job, progress)
+        progress.update(0.92, "marking as AI-generated")
+        data = await self._compute(mark_video, clip.frames, clip.fps, provenance_config(engine))
+        if not await engine.record_clip(job, preset.key, data, adapter["id"]):
             raise JobLost()
 
 

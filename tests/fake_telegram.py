@@ -136,6 +136,8 @@ class SentMessage:
     photo_sizes: list[dict[str, Any]] | None = None
     document: bytes | None = None
     document_json: dict[str, Any] | None = None
+    animation: bytes | None = None  # sendAnimation: the MP4 (or GIF) as uploaded
+    animation_json: dict[str, Any] | None = None
     media_group_id: str | None = None
     protect_content: bool = False
     edit_date: int | None = None
@@ -184,6 +186,7 @@ class SentMessage:
             "caption": self.caption,
             "photo": self.photo_sizes,
             "document": self.document_json,
+            "animation": self.animation_json,
             "media_group_id": self.media_group_id,
             "edit_date": self.edit_date,
         }
@@ -348,6 +351,7 @@ class FakeTelegram:
             "sendmessage": self._send_message,
             "sendphoto": self._send_photo,
             "senddocument": self._send_document,
+            "sendanimation": self._send_animation,
             "sendmediagroup": self._send_media_group,
             "editmessagetext": self._edit_message_text,
             "editmessagecaption": self._edit_message_caption,
@@ -688,6 +692,23 @@ class FakeTelegram:
         )
         return message.to_json()
 
+    async def _send_animation(self, params: dict[str, Any]) -> dict[str, Any]:
+        """An animation: a GIF, or an H.264 MP4 without sound, which Telegram plays inline and loops.
+        The fake probes it as Telegram does (a file that is not a playable video is refused) and, like
+        Telegram, answers with both ``animation`` and ``document``."""
+        chat = self._target_chat(params)
+        value = params.get("animation")
+        data = self._input_file(params, value)
+        name, mime = self._file_name_and_type(value)
+        width, height, duration = _probe_animation(data)
+        document = self._document_json(data, name, mime if data[:3] != b"GIF" else "image/gif")
+        animation = {**document, "width": width, "height": height, "duration": duration}
+        message = self._bot_message(
+            chat, params, animation=data, animation_json=animation, document=data, document_json=document,
+            **self._caption(params),
+        )  # fmt: skip
+        return message.to_json()
+
     async def _send_media_group(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         chat = self._target_chat(params)
         media = params["media"]
@@ -988,6 +1009,26 @@ async def _send_text(
     message = fake._new_message(chat, sender, text=text, raw_text=text, entities=entities)
     await fake._enqueue({"message": message.to_json()})
     return message
+
+
+def _probe_animation(data: bytes) -> tuple[int, int, int]:
+    """(width, height, whole seconds) of an animation; ``ApiError`` 400 when it is not a playable video."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as box:
+            stream = box.streams.video[0]
+            frames = sum(1 for _ in box.decode(stream))
+            rate = float(stream.average_rate or 0)
+            if not frames or box.streams.audio:
+                raise ValueError("not a silent video")
+            return (
+                stream.codec_context.width,
+                stream.codec_context.height,
+                round(frames / rate) if rate else 0,
+            )
+    except (av.error.FFmpegError, IndexError, ValueError):
+        raise _bad_request("wrong file type for an animation") from None
 
 
 async def _send_photo(

@@ -53,7 +53,7 @@ def test_each_hostile_file_gets_an_expected_outcome(name: str, data: bytes, expe
 
 
 def test_every_rejection_code_has_a_text_with_its_placeholders() -> None:
-    for code in (*REJECTION_CODES, "too_many_photos", "storage_full", "busy"):
+    for code in (*REJECTION_CODES, "too_many_photos", "storage_full", "storage_busy"):
         assert code in INTAKE_TEXTS, code
         assert len(INTAKE_TEXTS[code]) == 2
 

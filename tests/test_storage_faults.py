@@ -58,8 +58,8 @@ def test_storage_reasons_have_texts() -> None:
     from engine.settings import load_settings
 
     texts = (ROOT / "config" / "texts.toml").read_text()
-    assert {"storage_full", "busy"} <= REASONS
-    for reason in ("storage_full", "busy"):
+    assert {"storage_full", "storage_busy"} <= REASONS
+    for reason in ("storage_full", "storage_busy"):
         assert f"\n{reason} = " in texts
     assert load_settings  # the texts file is the one the settings load
 
@@ -120,8 +120,8 @@ async def test_database_locked_by_another_process_refuses_cleanly(engine: Engine
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert isinstance(result.outcome, Rejected) and result.outcome.code == "busy"
-    assert caught.value.reason == "busy"
+    assert isinstance(result.outcome, Rejected) and result.outcome.code == "storage_busy"
+    assert caught.value.reason == "storage_busy"
     assert files_under(engine.vault.blob_dir) == []
     assert await engine.photo_count(user) == 0
     assert await engine.queue.active_jobs(user) == []

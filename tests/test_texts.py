@@ -21,6 +21,7 @@ OTHERS = [code for code in CODES if code != DEFAULT_LANGUAGE]
 PRESETS = tomllib.loads((CONFIG_DIR / "presets.toml").read_text(encoding="utf-8"))["presets"]
 TELEGRAM_LIFETIME = TelegramMessenger.message_lifetime
 OWN_TABLES = {"language", "styles"}  # per-language tables that English does not share key for key
+ENGLISH_ONLY = {"ops"}  # the operator's /ops texts: English, like every operator-facing text
 
 
 def read(code: str) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def entries(data: dict[str, Any]) -> dict[tuple[str, str], Any]:
     return {
         (table, key): value
         for table, values in data.items()
-        if table not in OWN_TABLES
+        if table not in OWN_TABLES | ENGLISH_ONLY
         for key, value in values.items()
     }
 

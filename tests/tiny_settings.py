@@ -12,6 +12,9 @@ TINY_ENV = {
     "LIKENESS_ENGINE_IMAGES_PER_REQUEST": "2",
     "LIKENESS_ENGINE_POLL_INTERVAL": "0.2",
     "LIKENESS_UPLOAD_MIN_PHOTOS": "3",
+    # Tests drive one user faster than a person could; flood control has its own tests (test_public_*).
+    "LIKENESS_ACCESS_FLOOD_PER_MINUTE": "6000",
+    "LIKENESS_ACCESS_FLOOD_BURST": "1000",
 }
 
 

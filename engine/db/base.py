@@ -30,6 +30,7 @@ USER_TABLES = (
     "adapters",
     "photos",
     "consents",
+    "admissions",
     "users",
 )
 

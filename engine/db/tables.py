@@ -54,6 +54,13 @@ class Users:
         await self.db.compact()
         return counts
 
+    async def ids(self) -> list[str]:
+        """Every known user's pseudonym (with a user row or an admission), for matching support refs."""
+        rows = await self.db.fetchall(self.db.sql.USER_IDS) + await self.db.fetchall(
+            self.db.sql.ADMISSION_IDS
+        )
+        return sorted({row["id"] for row in rows})
+
     async def export(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
         """Every stored row about the user, table by table (no sealed values)."""
         return {
@@ -270,15 +277,139 @@ class Deadlines:
 
 
 class Audit:
-    """What happened, never to whom: callers pass counts and kinds only."""
+    """What happened, never to whom: callers pass counts and kinds only. Operator actions also name the
+    operator (`actor`, a pseudonym)."""
 
     def __init__(self, db: Database):
         self.db = db
 
-    async def add(self, action: str, **detail: Any) -> None:
+    async def add(self, action: str, actor: str | None = None, **detail: Any) -> None:
         await self.db.execute(
-            self.db.sql.AUDIT_INSERT, (self.db.clock.now(), action, json.dumps(detail, sort_keys=True))
+            self.db.sql.AUDIT_INSERT,
+            (self.db.clock.now(), action, json.dumps(detail, sort_keys=True), actor),
         )
+
+    async def operator_actions(self, limit: int) -> list[Row]:
+        return await self.db.fetchall(self.db.sql.AUDIT_OPERATOR_ACTIONS, (limit,))
+
+
+class Usage:
+    """Units of work in use, read from the jobs: the basis of quotas and of the queue limit."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def since(self, user_id: str, kind: str, since: float) -> list[float]:
+        """Creation times of the user's counted jobs of `kind` created after `since`, oldest first."""
+        rows = await self.db.fetchall(self.db.sql.USAGE_SINCE, (user_id, kind, since))
+        return [row["created_at"] for row in rows]
+
+    async def queued(self) -> int:
+        return (await self.db.fetchone(self.db.sql.USAGE_QUEUED))["n"]
+
+    async def active(self) -> list[Row]:
+        """Every queued or running job (kind, state, progress), in queue order."""
+        return await self.db.fetchall(self.db.sql.USAGE_ACTIVE)
+
+
+class Admissions:
+    """Users let in by an invite code. The row names no code, so a code never reveals who used it."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def has(self, user_id: str) -> bool:
+        return await self.db.fetchone(self.db.sql.ADMISSION_GET, (user_id,)) is not None
+
+    async def add(self, user_id: str) -> None:
+        await self.db.execute(self.db.sql.ADMISSION_ADD, (user_id, self.db.clock.now()))
+
+
+class Invites:
+    """Invite codes, stored only as keyed hashes, with uses left and an expiry."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def add(self, code_hash: str, uses: int, expires_at: float) -> None:
+        now = self.db.clock.now()
+        await self.db.execute(self.db.sql.INVITE_INSERT, (new_id(), code_hash, uses, expires_at, now))
+
+    async def use(self, code_hash: str) -> bool:
+        """Take one use of a valid code (atomically); False if unknown, used up or expired."""
+        return await self.db.execute(self.db.sql.INVITE_USE, (code_hash, self.db.clock.now())) > 0
+
+    async def prune(self) -> int:
+        """Forget codes that are used up or expired."""
+        return await self.db.execute(self.db.sql.INVITE_PRUNE, (self.db.clock.now(),))
+
+
+class Blocks:
+    """Blocked support references. Keyed by the reference, so a block outlives the user's /forget."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def add(self, ref: str) -> bool:
+        return await self.db.execute(self.db.sql.BLOCK_ADD, (ref, self.db.clock.now())) > 0
+
+    async def remove(self, ref: str) -> bool:
+        return await self.db.execute(self.db.sql.BLOCK_REMOVE, (ref,)) > 0
+
+    async def has(self, ref: str) -> bool:
+        return await self.db.fetchone(self.db.sql.BLOCK_GET, (ref,)) is not None
+
+
+class Flags:
+    """Operator switches that every process sees (e.g. `paused`)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def get(self, name: str) -> str | None:
+        row = await self.db.fetchone(self.db.sql.FLAG_GET, (name,))
+        return row["value"] if row else None
+
+    async def set(self, name: str, value: str) -> None:
+        await self.db.execute(self.db.sql.FLAG_SET, (name, value, self.db.clock.now()))
+
+
+class Stats:
+    """Aggregate numbers for operators and metrics; nothing here names a user."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def _count(self, statement: str, params: tuple[Any, ...] = ()) -> int:
+        return (await self.db.fetchone(statement, params))["n"]
+
+    async def consented_users(self) -> int:
+        return await self._count(self.db.sql.STATS_CONSENTED)
+
+    async def models(self) -> int:
+        return await self._count(self.db.sql.STATS_MODELS)
+
+    async def jobs_by_state(self) -> dict[tuple[str, str], int]:
+        """(kind, state) -> count, for queued and running jobs."""
+        rows = await self.db.fetchall(self.db.sql.STATS_JOBS_BY_STATE)
+        return {(row["kind"], row["state"]): row["n"] for row in rows}
+
+    async def failed_since(self, since: float) -> int:
+        return await self._count(self.db.sql.STATS_FAILED_SINCE, (since,))
+
+    async def durations(self, kind: str) -> list[float]:
+        """The latest measured durations of a job kind (seconds)."""
+        return [row["seconds"] for row in await self.db.fetchall(self.db.sql.STATS_DURATIONS, (kind,))]
+
+    async def deliveries_pending(self) -> int:
+        return await self._count(self.db.sql.STATS_DELIVERIES_PENDING)
+
+    async def deadlines_overdue(self, now: float) -> int:
+        return await self._count(self.db.sql.STATS_DEADLINES_OVERDUE, (now,))
+
+    async def ping(self) -> bool:
+        row = await self.db.fetchone(self.db.sql.STATS_PING)
+        return bool(row and row["ok"] == 1)
 
 
 class Tables:
@@ -295,3 +426,9 @@ class Tables:
         self.messages = Messages(db)
         self.deadlines = Deadlines(db)
         self.audit = Audit(db)
+        self.usage = Usage(db)
+        self.admissions = Admissions(db)
+        self.invites = Invites(db)
+        self.blocks = Blocks(db)
+        self.flags = Flags(db)
+        self.stats = Stats(db)

@@ -242,8 +242,9 @@ class Generator:
             self._drop(self._slots[name])
 
     @contextlib.contextmanager
-    def _active(self, owner: str | None) -> Iterator[None]:
-        """Only ``owner``'s adapter acts inside (``None``: the base model); all are off again after."""
+    def active(self, owner: str | None) -> Iterator[None]:
+        """Within the block only ``owner``'s adapter acts (``None``: the base model), also in pipelines built
+        on the resident pipeline's layers (video). Marks the owner most recently used; all off afterwards."""
         if owner is not None and owner not in self._loaded:
             raise KeyError("no adapter loaded for this owner; call load_adapter first")
         if owner is not None:
@@ -283,7 +284,7 @@ class Generator:
             raise ValueError("count must be at least 1")
         width, height = preset_size(preset, native_resolution(self.pipe), size_multiple(self.pipe))
         images: list[PIL.Image.Image] = []
-        with self._active(owner):
+        with self.active(owner):
             for start in range(0, count, BATCH):
                 size = min(BATCH, count - start)
                 done = start
@@ -338,7 +339,7 @@ class Generator:
         inner = [(v - o) * render / side for v, o in zip(face, crop[:2] * 2, strict=True)]
         mask = face_mask(render, inner)
         steps = max(preset.steps, math.ceil(1 / REFINE_STRENGTH))
-        with self._active(owner):
+        with self.active(owner):
             (refined,) = _run(
                 self._derived("inpaint"),
                 "refining the face",
@@ -389,7 +390,7 @@ class Generator:
         tiling = getattr(vae, "use_tiling", False)
         vae.enable_tiling()
         try:
-            with self._active(owner):
+            with self.active(owner):
                 (result,) = _run(
                     self._derived("img2img"),
                     "adding detail",

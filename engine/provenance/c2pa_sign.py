@@ -18,7 +18,7 @@ from engine.provenance.metadata import TRAINED_ALGORITHMIC_MEDIA
 
 CLAIM_GENERATOR = "Likeness"
 CREATED = "c2pa.created"
-MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "mp4": "video/mp4"}
 
 MANIFEST = {
     "claim_generator_info": [{"name": CLAIM_GENERATOR}],
@@ -44,7 +44,7 @@ class C2paReading:
 
 
 def sign(data: bytes, output_format: str, cert: Path, key: Path, tsa_url: str | None = None) -> bytes:
-    """Return `data` (an encoded PNG or JPEG) with an embedded, signed C2PA manifest."""
+    """Return `data` (an encoded PNG, JPEG or MP4) with an embedded, signed C2PA manifest."""
     mime = MIME_TYPES[output_format]
     info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, cert.read_bytes(), key.read_bytes(), tsa_url)
     with (

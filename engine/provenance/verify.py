@@ -99,13 +99,14 @@ def format_report(report: MarkReport) -> list[str]:
 
 
 def verify_main(argv: list[str]) -> int:
-    """`python -m engine verify IMAGE [IMAGE...]`: print which marks each image carries.
+    """`python -m engine verify FILE [FILE...]`: print which marks each image or MP4 clip carries.
 
     `argv` holds the arguments after `verify`. Returns 0 when every file was read (whatever marks it
-    had), 2 when a file was missing or not an image.
+    had), 2 when a file was missing or not an image or video.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m engine verify", description="Check images for Likeness's AI-generated marks."
+        prog="python -m engine verify",
+        description="Check images and MP4 clips for Likeness's AI-generated marks.",
     )
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--deployment-id", help="match the watermark against this deployment only")
@@ -117,10 +118,26 @@ def verify_main(argv: list[str]) -> int:
     for path in args.images:
         print(path)
         try:
-            report = verify_image(path.read_bytes(), config, args.trust_anchors)
-        except (OSError, UnidentifiedImageError) as error:
-            print(f"  error: cannot read image ({type(error).__name__})")
+            lines = _check_file(path.read_bytes(), config, args.trust_anchors)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            print(f"  error: cannot read image or video ({type(error).__name__})")
             status = 2
             continue
-        print("\n".join(format_report(report)))
+        print("\n".join(lines))
     return status
+
+
+def _check_file(data: bytes, config: ProvenanceConfig | None, trust_anchors: Path | None) -> list[str]:
+    """The report lines for an image, or for an MP4 clip (its file marks and every frame's watermark)."""
+    from engine import mp4
+
+    if not mp4.is_mp4(data):
+        return format_report(verify_image(data, config, trust_anchors))
+    import av
+
+    from engine.provenance.video import format_video_report, verify_video
+
+    try:
+        return format_video_report(verify_video(data, config, trust_anchors))
+    except av.error.FFmpegError as error:
+        raise ValueError("not a readable video") from error

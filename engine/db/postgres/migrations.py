@@ -123,7 +123,32 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
     """,
-    # 4: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
+    # 4: running in public: admissions, invite codes, blocks, service flags, operator audit
+    """
+    CREATE TABLE admissions (
+        user_id TEXT PRIMARY KEY,
+        admitted_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE invites (
+        id TEXT PRIMARY KEY,
+        code_hash TEXT NOT NULL UNIQUE,
+        uses_left INTEGER NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE blocks (
+        ref TEXT PRIMARY KEY,
+        blocked_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE service_flags (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE audit ADD COLUMN actor TEXT;
+    CREATE INDEX jobs_user_kind ON jobs(user_id, kind, created_at)
+    """,
+    # 5: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
     # language their platform last reported; consents.language: the language of the policy text agreed to
     # (every consent before this was to the English text).
     """

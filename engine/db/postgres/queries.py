@@ -25,8 +25,10 @@ USER_ERASE = {  # table -> statement deleting one user's rows
     "adapters": "DELETE FROM adapters WHERE user_id=?",
     "photos": "DELETE FROM photos WHERE user_id=?",
     "consents": "DELETE FROM consents WHERE user_id=?",
+    "admissions": "DELETE FROM admissions WHERE user_id=?",
     "users": "DELETE FROM users WHERE id=?",
 }
+USER_IDS = "SELECT id FROM users"
 
 # -- consents ----------------------------------------------------------------------------------------------
 CONSENT_CURRENT = (
@@ -178,8 +180,50 @@ DURATION_MEAN = (
     "ORDER BY finished_at DESC LIMIT 20) AS recent"
 )
 
+# -- usage (quotas and admission) --------------------------------------------------------------------------
+# Units in use: the user's jobs of a kind created since a time, except those cancelled or failed (a
+# cancelled or failed job gives its unit back). Oldest first, for the renewal time.
+USAGE_SINCE = (
+    "SELECT created_at FROM jobs WHERE user_id=? AND kind=? AND created_at > ? "
+    "AND state NOT IN ('cancelled','failed') ORDER BY created_at"
+)
+USAGE_QUEUED = "SELECT COUNT(*) AS n FROM jobs WHERE state='queued'"
+USAGE_ACTIVE = "SELECT kind, state, progress FROM jobs WHERE state IN ('queued','running') ORDER BY seq"
+
+# -- access: admissions, invites, blocks, service flags ----------------------------------------------------
+ADMISSION_GET = "SELECT admitted_at FROM admissions WHERE user_id=?"
+ADMISSION_ADD = "INSERT INTO admissions(user_id, admitted_at) VALUES (?,?) ON CONFLICT(user_id) DO NOTHING"
+ADMISSION_IDS = "SELECT user_id AS id FROM admissions"
+INVITE_INSERT = "INSERT INTO invites(id, code_hash, uses_left, expires_at, created_at) VALUES (?,?,?,?,?)"
+INVITE_USE = "UPDATE invites SET uses_left=uses_left-1 WHERE code_hash=? AND uses_left > 0 AND expires_at > ?"
+INVITE_PRUNE = "DELETE FROM invites WHERE uses_left <= 0 OR expires_at <= ?"
+BLOCK_ADD = "INSERT INTO blocks(ref, blocked_at) VALUES (?,?) ON CONFLICT(ref) DO NOTHING"
+BLOCK_REMOVE = "DELETE FROM blocks WHERE ref=?"
+BLOCK_GET = "SELECT 1 AS blocked FROM blocks WHERE ref=?"
+FLAG_GET = "SELECT value FROM service_flags WHERE name=?"
+FLAG_SET = (
+    "INSERT INTO service_flags(name, value, updated_at) VALUES (?,?,?) "
+    "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at"
+)
+
+# -- aggregates for operators and metrics (numbers only) ---------------------------------------------------
+STATS_CONSENTED = "SELECT COUNT(DISTINCT user_id) AS n FROM consents WHERE withdrawn_at IS NULL"
+STATS_MODELS = "SELECT COUNT(*) AS n FROM adapters"
+STATS_JOBS_BY_STATE = (
+    "SELECT kind, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued','running') GROUP BY kind, state"
+)
+STATS_FAILED_SINCE = "SELECT COUNT(*) AS n FROM jobs WHERE state='failed' AND finished_at > ?"
+STATS_DURATIONS = "SELECT seconds FROM job_durations WHERE kind=? ORDER BY finished_at DESC LIMIT 100"
+STATS_DELIVERIES_PENDING = "SELECT COUNT(*) AS n FROM deliveries WHERE state='pending'"
+STATS_DEADLINES_OVERDUE = "SELECT COUNT(*) AS n FROM deadlines WHERE due_at <= ?"
+STATS_PING = "SELECT 1 AS ok"
+
 # -- audit -------------------------------------------------------------------------------------------------
-AUDIT_INSERT = "INSERT INTO audit(at, action, detail) VALUES (?,?,?)"
+AUDIT_INSERT = "INSERT INTO audit(at, action, detail, actor) VALUES (?,?,?,?)"
+AUDIT_OPERATOR_ACTIONS = (
+    "SELECT at, action, detail, actor FROM audit WHERE actor IS NOT NULL ORDER BY id DESC LIMIT ?"
+)
+
 
 # -- export (/mydata): what is stored about one user, per table --------------------------------------------
 EXPORT = {
@@ -190,6 +234,7 @@ EXPORT = {
     "jobs": "SELECT id, kind, state, progress, stage, error, created_at, finished_at FROM jobs WHERE user_id=?",
     "deadlines": "SELECT kind, ref_id, due_at FROM deadlines WHERE user_id=?",
     "sent_messages": "SELECT kind, sent_at FROM sent_messages WHERE user_id=?",
+    "admissions": "SELECT admitted_at FROM admissions WHERE user_id=?",
 }
 
 # -- wake-ups and exclusive runs ---------------------------------------------------------------------------

@@ -121,7 +121,32 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deliveries ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0
     """,
-    # 4: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
+    # 4: running in public: admissions, invite codes, blocks, service flags, operator audit
+    """
+    CREATE TABLE admissions (             -- users admitted by an invite code (no link to the code)
+        user_id TEXT PRIMARY KEY,         -- pseudonym
+        admitted_at REAL NOT NULL
+    );
+    CREATE TABLE invites (
+        id TEXT PRIMARY KEY,
+        code_hash TEXT NOT NULL UNIQUE,   -- keyed hash of the code (the code itself is never stored)
+        uses_left INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE blocks (                 -- keyed by support reference: kept after /forget
+        ref TEXT PRIMARY KEY,
+        blocked_at REAL NOT NULL
+    );
+    CREATE TABLE service_flags (          -- operator switches, e.g. paused
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    ALTER TABLE audit ADD COLUMN actor TEXT;  -- the operator's pseudonym for operator actions
+    CREATE INDEX jobs_user_kind ON jobs(user_id, kind, created_at)
+    """,
+    # 5: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
     # language their platform last reported; consents.language: the language of the policy text agreed to
     # (every consent before this was to the English text).
     """
