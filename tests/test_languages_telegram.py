@@ -110,7 +110,7 @@ async def test_intake_reasons_and_counts_are_spanish(world: World) -> None:
     )
     assert "Llevas 0 de al menos 3 fotos." in world.rejected.text
     assert "Envía 3 fotos más." in world.rejected.text
-    assert "✅ Foto 1: está bien." in world.summary.text
+    assert "✅ Foto 1/3: está bien (guardadas: 1)." in world.summary.text
     assert world.summary.button_texts == ["🧠 Entrenar mi modelo"]
 
 
