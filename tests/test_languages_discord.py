@@ -69,7 +69,11 @@ async def test_a_german_discord_user_gets_german_throughout(
         results = (
             await fake.wait_for(lambda: dm_with(fake, greta, text="KI-generiert von Likeness"), timeout=SLOW)
         )[-1]
-        assert results.content == "Bewerbungsfoto · KI-generiert von Likeness"
+        caption = results.content.splitlines()
+        assert caption[0] == "Bewerbungsfoto · KI-generiert von Likeness"
+        assert (
+            caption[1] == "1: kein Gesicht gefunden · 2: kein Gesicht gefunden"
+        )  # main's likeness lines, in German
         done = await eventually(lambda: _content(fake, progress.id), lambda text: text.startswith("Fertig"))
         assert done.endswith("100 %")
 
