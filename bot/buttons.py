@@ -36,6 +36,8 @@ class Route(StrEnum):
     CANCEL = "cancel"  # a job id
     FORGET = "forget"  # yes | no
     SETTING = "set"  # a settings choice key
+    LANGUAGE_MENU = "language"  # show the language picker
+    LANGUAGE = "lang"  # a language code
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ def decode(data: str) -> Pressed | None:
 
 
 class Buttons:
-    """Every button the bot shows, each built only here: its label from `config/texts.toml` (a style's
-    from its preset), its data from `encode`."""
+    """Every button the bot shows, each built only here: its label from `config/texts/<language>.toml` in
+    the language being spoken (a style's from `[styles]`, else its preset), its data from `encode`."""
 
     def __init__(self, texts: Texts, presets: Mapping[str, Preset]):
         self.t = texts
@@ -93,7 +95,7 @@ class Buttons:
         rows: list[tuple[Button, ...]] = []
         for video in (False, True):
             buttons = [
-                Button(preset.label, encode(Route.STYLE, key))
+                Button(self.t.style_label(key, preset.label), encode(Route.STYLE, key))
                 for key, preset in self.presets.items()
                 if preset.video == video
             ]
@@ -107,5 +109,13 @@ class Buttons:
         return ((self._one("forget_yes", Route.FORGET, "yes"), self._one("forget_no", Route.FORGET, "no")),)
 
     def settings(self, choices: Iterable[str]) -> Rows:
-        """One row per settings choice (keys of `[settings_buttons]`)."""
-        return tuple((Button(self.t.setting_button(key), encode(Route.SETTING, key)),) for key in choices)
+        """One row per settings choice (keys of `[settings_buttons]`), then the language row."""
+        rows = [(Button(self.t.setting_button(key), encode(Route.SETTING, key)),) for key in choices]
+        return (*rows, (self._one("language", Route.LANGUAGE_MENU),))
+
+    def languages(self) -> Rows:
+        """Every language, each labelled in itself ("Español"), two a row."""
+        buttons = [
+            Button(language.name, encode(Route.LANGUAGE, code)) for code, language in self.t.languages.items()
+        ]
+        return tuple(tuple(buttons[i : i + 2]) for i in range(0, len(buttons), 2))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
 CHAT = Chat("console", "console", "console-user", True)
 
 
+def terminal_language(environ: dict[str, str] | None = None) -> str:
+    """The terminal user's language, as the C library reads it: LC_ALL, then LC_MESSAGES, then LANG."""
+    environ = os.environ if environ is None else environ
+    return next((environ[name] for name in ("LC_ALL", "LC_MESSAGES", "LANG") if environ.get(name)), "")
+
+
 class ConsoleFrontend:
     """Messenger and front-end in one: prints replies, numbers buttons, saves images to `out_dir`."""
 
@@ -40,8 +48,11 @@ class ConsoleFrontend:
     message_lifetime = math.inf
     connected = True  # the terminal is always there
 
-    def __init__(self, out_dir: Path, write: Callable[[str], None] | None = None):
+    def __init__(
+        self, out_dir: Path, write: Callable[[str], None] | None = None, language: str | None = None
+    ):
         self.out_dir = out_dir
+        self.chat = replace(CHAT, language=terminal_language() if language is None else language)
         self.write = write or (lambda text: print(text, flush=True))
         self.buttons: list[Button] = []
         self.next_id = 0
@@ -105,9 +116,9 @@ class ConsoleFrontend:
             return None
         if line.startswith("/"):
             name, _, args = line[1:].partition(" ")
-            return Command(CHAT, name.lower(), args.strip())
+            return Command(self.chat, name.lower(), args.strip())
         if line.isdigit() and 1 <= int(line) <= len(self.buttons):
-            return ButtonPress(CHAT, self.buttons[int(line) - 1].data)
+            return ButtonPress(self.chat, self.buttons[int(line) - 1].data)
         if line.startswith("photo "):
             photos = []
             for name in shlex.split(line[6:]):
@@ -122,8 +133,8 @@ class ConsoleFrontend:
                         name=path.name,
                     )
                 )
-            return PhotoMessage(CHAT, tuple(photos)) if photos else None
-        return TextMessage(CHAT, line)
+            return PhotoMessage(self.chat, tuple(photos)) if photos else None
+        return TextMessage(self.chat, line)
 
     async def _read_loop(self) -> None:
         self.write("Likeness console. Type /start to begin, `photo PATH ...` to send photos, quit to leave.")

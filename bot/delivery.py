@@ -26,14 +26,10 @@ def delivery_replies(conversation: Conversation, delivery: Delivery) -> list[Rep
     if delivery.kind == "trained":
         return [Reply(t("trained"), buttons=conversation.buttons.styles())]
     if delivery.kind == "failed":
-        return [Reply(t("job_failed", reason=delivery.error or "unknown error"))]
+        return [Reply(t("job_failed", reason=delivery.error or t("unknown_error")))]
     preset = engine.presets.get(delivery.preset or "")
-    caption = "\n".join(
-        [
-            t("results_caption", label=preset.label if preset else "Portrait"),
-            *likeness_lines(conversation, delivery),
-        ]
-    )
+    label = t.style_label(delivery.preset or "", preset.label) if preset else t("portrait")
+    caption = "\n".join([t("results_caption", label=label), *likeness_lines(conversation, delivery)])
     names = tuple(f"likeness-{delivery.preset}-{n + 1}.png" for n in range(len(delivery.images)))
     images = tuple(data for _, data in delivery.images)
     if delivery.kind == "video":  # one clip, one message: the caption and the buttons ride with it
@@ -92,6 +88,12 @@ async def deliver_pending(conversation: Conversation, platform: str) -> int:
 
 
 async def deliver(conversation: Conversation, platform: str, delivery: Delivery) -> None:
+    """Send one delivery in the user's language and record it."""
+    with conversation.t.using(await conversation.stored_language(delivery.user_id)):
+        await _deliver(conversation, platform, delivery)
+
+
+async def _deliver(conversation: Conversation, platform: str, delivery: Delivery) -> None:
     engine = conversation.engine
     messenger = conversation.messengers[platform]
     chat = Chat(platform, delivery.chat["chat_id"], delivery.chat["user_id"], True)

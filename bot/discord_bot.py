@@ -39,6 +39,7 @@ from bot.events import (
     TextMessage,
 )
 from bot.flow import COMMANDS, Conversation
+from bot.texts import DEFAULT_LANGUAGE, Texts
 from engine.settings import Url
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,9 @@ class DiscordMessenger:
     platform = "discord"
     message_lifetime = math.inf  # a bot may delete its own DM messages at any age
 
-    def __init__(self, client: discord.Client, texts: dict[str, str]):
+    def __init__(self, client: discord.Client, texts: Texts):
         self.client = client
-        self.texts = texts  # config/texts.toml's [discord]
+        self.texts = texts  # speaks the language of the event being answered
 
     def channel(self, chat: Chat) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(int(chat.chat_id))
@@ -201,7 +202,7 @@ class DiscordMessenger:
 
     def explain(self, error: Exception) -> str | None:
         """Closed DMs: how to open them (the bot handles photos only there)."""
-        return self.texts["dms_closed"] if is_dms_closed(error) else None
+        return self.texts.discord("dms_closed") if is_dms_closed(error) else None
 
 
 def in_bot_dm(interaction: discord.Interaction) -> bool:
@@ -211,8 +212,33 @@ def in_bot_dm(interaction: discord.Interaction) -> bool:
     return interaction.guild_id is None and isinstance(interaction.channel, discord.DMChannel)
 
 
-def dm_chat(channel_id: int, user_id: int) -> Chat:
-    return Chat("discord", str(channel_id), str(user_id), True)
+def dm_chat(channel_id: int, user_id: int, language: str = "") -> Chat:
+    return Chat("discord", str(channel_id), str(user_id), True, language=language)
+
+
+def locale_of(interaction: discord.Interaction) -> str:
+    """The user's Discord client language ('es-ES', 'de'); '' if the interaction has none."""
+    return str(getattr(interaction.locale, "value", interaction.locale or ""))
+
+
+class DescriptionTranslator(app_commands.Translator):
+    """Command descriptions in every language Discord offers that we have texts for; names stay English."""
+
+    def __init__(self, texts: Texts):
+        self.texts = texts
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContext,
+    ) -> str | None:
+        if context.location is not app_commands.TranslationContextLocation.command_description:
+            return None
+        code = self.texts.resolve(locale.value)
+        if code == DEFAULT_LANGUAGE:
+            return None
+        return self.texts[code].command(string.extras["command"])
 
 
 async def by_dm_user(interaction: discord.Interaction) -> bool:
@@ -245,6 +271,7 @@ class LikenessClient(ApiGatewayMixin, discord.Client):
         self.connected = asyncio.Event()
 
     async def setup_hook(self) -> None:
+        await self.tree.set_translator(DescriptionTranslator(self.frontend.conversation.t))
         await self.frontend.sync_commands()
 
     async def on_connect(self) -> None:
@@ -277,20 +304,19 @@ class DiscordFrontend:
         self.client = LikenessClient(
             self, intents or default_intents(), guild_ready_timeout=guild_ready_timeout
         )
-        self.messenger = DiscordMessenger(self.client, self.texts)
+        self.messenger = DiscordMessenger(self.client, conversation.t)
         self.sync_file: Path = conversation.engine.settings.data_dir / SYNC_FILE
-        for name, description in COMMANDS.items():
-            self.client.tree.add_command(self._slash_command(name, description))
+        for name in COMMANDS:
+            self.client.tree.add_command(self._slash_command(name))
         self._task: asyncio.Task | None = None
 
-    @property
-    def texts(self) -> dict[str, str]:
-        return self.conversation.t.data["discord"]
-
     # -- slash commands ----------------------------------------------------------------------------------
-    def _slash_command(self, name: str, description: str) -> app_commands.Command:
+    def _slash_command(self, name: str) -> app_commands.Command:
         async def callback(interaction: discord.Interaction) -> None:
             await self.on_command(interaction, name)
+
+        english = self.conversation.t.default.command(name)
+        description = app_commands.locale_str(english, command=name)  # localised by DescriptionTranslator
 
         async def start_callback(interaction: discord.Interaction, code: str | None = None) -> None:
             await self.on_command(interaction, name, code or "")
@@ -302,8 +328,16 @@ class DiscordFrontend:
         return app_commands.allowed_installs(guilds=True, users=True)(command)
 
     def commands_hash(self) -> str:
+        """Of the commands and their descriptions in every language: a changed translation syncs again."""
         payload = [command.to_dict(self.client.tree) for command in self.client.tree.get_commands()]
-        blob = json.dumps({"application": self.client.application_id, "commands": payload}, sort_keys=True)
+        descriptions = {
+            code: [language.command(name) for name in COMMANDS]
+            for code, language in self.conversation.t.languages.items()
+        }
+        blob = json.dumps(
+            {"application": self.client.application_id, "commands": payload, "descriptions": descriptions},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     async def sync_commands(self) -> None:
@@ -328,15 +362,17 @@ class DiscordFrontend:
             channel_id = interaction.channel_id if in_dm else (await interaction.user.create_dm()).id
         except discord.HTTPException:
             log.warning("a discord DM channel could not be opened")
-            await answer(self.conversation.t("internal_error"))
+            here = Chat("discord", str(interaction.channel_id), str(interaction.user.id), False)
+            await answer(self.conversation.t[await self.conversation.language_for(here)]("internal_error"))
             return
-        chat = dm_chat(channel_id, interaction.user.id)
+        chat = dm_chat(channel_id, interaction.user.id, locale_of(interaction))
         if not await self.dispatch(Command(chat, name, args), apologise=answer):
             return
         if in_dm:
             await interaction.delete_original_response()  # the answer is right below
         else:
-            await interaction.edit_original_response(content=self.texts["continue_in_dm"])
+            texts = self.conversation.t[await self.conversation.language_for(chat)]  # after any /language
+            await interaction.edit_original_response(content=texts.discord("continue_in_dm"))
 
     # -- buttons -----------------------------------------------------------------------------------------
     async def on_press(self, interaction: discord.Interaction) -> None:
@@ -350,6 +386,7 @@ class DiscordFrontend:
             str(interaction.user.id),
             private,
             by_chat_user=not private or await by_dm_user(interaction),
+            language=locale_of(interaction),
         )
         message_id = str(interaction.message.id) if interaction.message else None
         await self.dispatch(ButtonPress(chat, str(data), message_id, interaction=interaction))

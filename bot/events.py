@@ -17,7 +17,8 @@ class Chat:
     """Where an event happened and where answers go.
 
     `chat_id` is the platform's id of the conversation (a Telegram chat id, a Discord channel id) and
-    `user_id` the platform's id of the person who acted. Both are personal data: never log them.
+    `user_id` the platform's id of the person who acted. Both are personal data: never log them (nor
+    `language`).
     `by_chat_user` is False when, in a private chat, the person who acted is not that chat's user (a
     forged or replayed press on someone else's message); the conversation then changes nothing.
     """
@@ -27,6 +28,7 @@ class Chat:
     user_id: str
     private: bool
     by_chat_user: bool = True
+    language: str = ""  # the language the platform reports for the user ('es', 'pt-BR'); '' if none
 
 
 @dataclass(frozen=True)

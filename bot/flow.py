@@ -19,27 +19,27 @@ from dataclasses import dataclass
 from bot.buttons import Buttons, Route, decode
 from bot.events import ButtonPress, Chat, Command, Event, Messenger, PhotoMessage, Reply, TextMessage
 from bot.gate import Gate
-from bot.texts import Texts, progress_bar, utc
+from bot.texts import DEFAULT_LANGUAGE, Texts, progress_bar
 from engine.errors import Refused
 from engine.facade import Accepted, Allowance, Engine, Rejected
-from engine.settings import format_duration
 
 log = logging.getLogger(__name__)
 
-COMMANDS = {
-    "start": "What this bot does and how your data is handled",
-    "train": "Train your personal model",
-    "styles": "Choose a portrait style",
-    "status": "What is stored and when it is deleted",
-    "settings": "How long things are kept",
-    "mydata": "Get a copy of your data",
-    "forget": "Delete everything and withdraw consent",
-    "cancel": "Stop what is running",
-    "privacy": "The full privacy policy",
-    "help": "List the commands",
-}
+# The command menu, in this order; each description is `[commands] <name>` in the user's language.
+COMMANDS = (
+    "start",
+    "train",
+    "styles",
+    "status",
+    "settings",
+    "mydata",
+    "forget",
+    "cancel",
+    "privacy",
+    "language",
+    "help",
+)
 
-WHAT = {"train": "Trainings", "generate": "Style requests"}  # quota lines in /status
 
 MODEL_CHOICES = {"model_now": 3600.0, "model_day": 86400.0, "model_week": 7 * 86400.0}
 MESSAGE_CHOICES = {"messages_off": 0.0, "messages_day": 86400.0}
@@ -88,6 +88,7 @@ class Conversation:
             "forget": self.forget,
             "withdraw": self.forget,
             "cancel": self.cancel,
+            "language": self.language,
         }
         self._routes: dict[Route, ButtonRoute] = {
             Route.CONSENT: ButtonRoute(self.on_consent, one_of("yes", "no")),
@@ -97,6 +98,8 @@ class Conversation:
             Route.CANCEL: ButtonRoute(self.on_cancel, some_id, owns=self.owns_job),
             Route.FORGET: ButtonRoute(self.on_forget, one_of("yes", "no")),
             Route.SETTING: ButtonRoute(self.on_setting, one_of(*MODEL_CHOICES, *MESSAGE_CHOICES)),
+            Route.LANGUAGE_MENU: ButtonRoute(self.on_languages, no_argument),
+            Route.LANGUAGE: ButtonRoute(self.on_language, lambda code: code in self.t.languages),
         }
 
     def add_messenger(self, messenger: Messenger) -> None:
@@ -117,28 +120,36 @@ class Conversation:
         try:
             await self.handle(event)
         except Exception as error:
-            messenger = self.messengers.get(event.chat.platform)
-            text = messenger.explain(error) if messenger is not None else None
-            if text is None:
-                log.exception("a %s %s failed", event.chat.platform, type(event).__name__)
-                text = self.t("internal_error")
+            code = DEFAULT_LANGUAGE
             with contextlib.suppress(Exception):
-                if apologise is not None:
-                    await apologise(text)
-                elif messenger is not None:
-                    await messenger.send(event.chat, Reply(text))
+                code = await self.language_for(event.chat)
+            with self.t.using(code):  # the apology in the user's language
+                messenger = self.messengers.get(event.chat.platform)
+                text = messenger.explain(error) if messenger is not None else None
+                if text is None:
+                    log.exception("a %s %s failed", event.chat.platform, type(event).__name__)
+                    text = self.t("internal_error")
+                with contextlib.suppress(Exception):
+                    if apologise is not None:
+                        await apologise(text)
+                    elif messenger is not None:
+                        await messenger.send(event.chat, Reply(text))
             return False
         return True
 
     async def handle(self, event: Event) -> None:
-        """Answer one event. Errors propagate (`dispatch` catches them)."""
+        """Answer one event in the user's language. Errors propagate (`dispatch` catches them)."""
+        user_id = self.engine.pseudonym(event.chat.platform, event.chat.user_id)
+        with self.t.using(await self.language_of(event.chat, user_id)):
+            await self._handle(event, user_id)
+
+    async def _handle(self, event: Event, user_id: str) -> None:
         chat = event.chat
         if chat.private and not chat.by_chat_user:  # someone else's private chat: change nothing there
             if isinstance(event, ButtonPress):
                 await self.messenger(chat).acknowledge(event, self.t.refusal(Refused("not_yours")))
             log.info("a %s %s in another user's chat was refused", chat.platform, type(event).__name__)
             return
-        user_id = self.engine.pseudonym(chat.platform, chat.user_id)
         screened = await self.gate.screen(event, user_id)  # flood, /ops, access: on every platform
         if screened.answer:
             await self.answer(event, screened.answer)
@@ -158,6 +169,41 @@ class Conversation:
             await self.photos(event, user_id)
         elif isinstance(event, TextMessage) and chat.private:
             await self.say(chat, Reply(self.t("text_hint")))
+
+    # -- language ----------------------------------------------------------------------------------------
+    async def language_of(self, chat: Chat, user_id: str) -> str:
+        """The user's /language choice, else the language their platform reports, else English.
+
+        The reported language is remembered for a known user, so messages sent without an event (portraits,
+        progress) and Discord DMs (which carry no locale) speak it too."""
+        preference = await self.engine.language_preference(user_id)
+        reported = self.t.resolve(chat.language) if chat.language else None
+        if reported and preference.known and reported != preference.reported and chat.by_chat_user:
+            await self.engine.report_language(user_id, reported)
+        return self.t.resolve(preference.chosen or reported or preference.reported)
+
+    async def language_for(self, chat: Chat) -> str:
+        """`language_of` for an adapter's own texts (e.g. Discord's hand-off to the DM)."""
+        return await self.language_of(chat, self.engine.pseudonym(chat.platform, chat.user_id))
+
+    async def stored_language(self, user_id: str) -> str:
+        """The language for messages sent without an event: the choice, else what the platform reported."""
+        preference = await self.engine.language_preference(user_id)
+        return self.t.resolve(preference.chosen or preference.reported)
+
+    async def language(self, event: Command, user_id: str) -> None:
+        """/language: every language as a button labelled in that language."""
+        await self.say(event.chat, Reply(self.t("language_choose"), buttons=self.buttons.languages()), event)
+
+    async def on_languages(self, press: ButtonPress, user_id: str, _: str) -> None:
+        """The language row of /settings: the language picker."""
+        await self.say(press.chat, Reply(self.t("language_choose"), buttons=self.buttons.languages()))
+
+    async def on_language(self, press: ButtonPress, user_id: str, code: str) -> None:
+        """language:<code>: speak that language from now on (kept with the user's row until /forget)."""
+        await self.engine.choose_language(user_id, press.chat.platform, code)
+        with self.t.using(code):
+            await self.say(press.chat, Reply(self.t("language_set")))
 
     def messenger(self, chat: Chat) -> Messenger:
         return self.messengers[chat.platform]
@@ -192,7 +238,7 @@ class Conversation:
         if not event.chat.private:
             await self.say(event.chat, Reply(self.t("group_redirect")), event)
             return
-        if await self.engine.has_consent(user_id, self.t.policy_version):
+        if await self.engine.has_consent(user_id, self.t.policy_versions):
             await self.say(event.chat, Reply(self.t("welcome_back")), event)
             return
         lead = self.t("consent_renew") if await self.engine.consent(user_id) else ""
@@ -211,8 +257,15 @@ class Conversation:
             await self.say(chat, Reply(self.t("declined")))
             return
         await self.engine.give_consent(
-            user_id, chat.platform, self.address(chat), self.t.policy_version, self.t.attestation
+            user_id,
+            chat.platform,
+            self.address(chat),
+            self.t.policy_version,
+            self.t.attestation,
+            language=self.t.current.code,
         )
+        if chat.language:  # the user has a row now: remember what the platform reports, for later messages
+            await self.engine.report_language(user_id, self.t.resolve(chat.language))
         upload = self.engine.settings.upload
         await self.say(
             chat,
@@ -223,7 +276,7 @@ class Conversation:
 
     async def require_consent(self, chat: Chat, user_id: str, event: Event | None = None) -> bool:
         """True if the user consented to the current policy; else explain and show the buttons."""
-        if await self.engine.has_consent(user_id, self.t.policy_version):
+        if await self.engine.has_consent(user_id, self.t.policy_versions):
             return True
         lead = self.t("consent_renew") if await self.engine.consent(user_id) else self.t("consent_needed")
         await self.say(chat, self.consent_reply(chat, lead), event)
@@ -275,7 +328,7 @@ class Conversation:
         upload = self.engine.settings.upload
         lines = [*lines, self.t("photo_count", count=count, min_photos=upload.min_photos)]
         if count < upload.min_photos:
-            lines.append(self.t("photo_need_more", missing=upload.min_photos - count))
+            lines.append(self.t("photo_need_more", count=upload.min_photos - count))
             return Reply("\n".join(lines))
         key = "photo_full" if count >= upload.max_photos else "photo_enough"
         lines.append(self.t(key, max_photos=upload.max_photos))
@@ -321,7 +374,7 @@ class Conversation:
         position = await self.position_text(user_id, job_id)
         text = self.t(
             "clip_queued" if preset.video else "style_queued",
-            label=preset.label,
+            label=self.t.style_label(key, preset.label),
             count=self.engine.settings.engine.images_per_request,
             position=position,
         )
@@ -334,7 +387,7 @@ class Conversation:
         eta = self.t.eta(position.eta_seconds, position.estimated)
         if position.ahead == 0:
             return self.t("queue_position_now", eta=eta)
-        return self.t("queue_position", ahead=position.ahead, eta=eta)
+        return self.t("queue_position", count=position.ahead, eta=eta)
 
     async def show_progress(
         self, chat: Chat, user_id: str, job_id: str, text: str, event: Event | None = None
@@ -346,7 +399,7 @@ class Conversation:
     def progress_text(self, stage: str, fraction: float) -> str:
         return self.t(
             "progress",
-            stage=stage.capitalize() or "Working",
+            stage=self.t.stage(stage),
             bar=progress_bar(fraction),
             percent=round(fraction * 100),
         )
@@ -391,31 +444,37 @@ class Conversation:
 
     # -- status, settings, data --------------------------------------------------------------------------
     async def status(self, event: Command, user_id: str) -> None:
-        status = await self.engine.status(user_id, event.chat.platform, self.t.policy_version)
+        status = await self.engine.status(user_id, event.chat.platform, self.t.policy_versions)
         none = self.t("status_none")
 
-        def stored(count: int, label: str, deadline: float | None) -> str:
+        def stored(count: int, key: str, deadline: float | None) -> str:
             if not count:
                 return none
-            what = f"{count} {label}"
-            return self.t("status_deleted_at", what=what, when=utc(deadline)) if deadline else what
+            what = self.t(key, count=count)
+            return self.t("status_deleted_at", what=what, when=self.t.when(deadline)) if deadline else what
 
         jobs = ", ".join(
-            f"{job.kind} ({job.state}, {round(job.progress * 100)}%, ~{self.t.eta(pos.eta_seconds, pos.estimated)})"
+            self.t(
+                "status_job",
+                kind=self.t.job_word(job.kind),
+                state=self.t.job_word(job.state),
+                percent=round(job.progress * 100),
+                eta=self.t.eta(pos.eta_seconds, pos.estimated),
+            )
             for job, pos in status.jobs
         )
         consent = await self.engine.consent(user_id)
         messages = (
-            self.t("messages_deleted_after", duration=format_duration(status.message_retention))
+            self.t("messages_deleted_after", duration=self.t.duration(status.message_retention))
             if status.message_retention
             else self.t("messages_kept")
         )
         text = self.t(
             "status",
-            consent=f"given {utc(consent['given_at'])} UTC" if consent else none,
-            photos=stored(status.photos, "photo(s)", status.photo_deadline),
-            model=stored(1 if status.has_model else 0, "model", status.model_deadline),
-            outputs=stored(status.outputs, "portrait(s)", status.output_deadline),
+            consent=self.t("status_consent", when=self.t.when(consent["given_at"])) if consent else none,
+            photos=stored(status.photos, "status_photos", status.photo_deadline),
+            model=stored(1 if status.has_model else 0, "status_models", status.model_deadline),
+            outputs=stored(status.outputs, "status_outputs", status.output_deadline),
             jobs=jobs or none,
             messages=messages,
         )
@@ -432,10 +491,10 @@ class Conversation:
         return [
             self.t(
                 "status_quota",
-                what=WHAT[allowance.kind],
+                what=self.t.lookup("quotas", allowance.kind),
                 left=allowance.left,
                 limit=allowance.limit,
-                renews=self.t("status_quota_renews", when=utc(allowance.renews_at))
+                renews=self.t("status_quota_renews", when=self.t.when(allowance.renews_at))
                 if allowance.renews_at and allowance.left < allowance.limit
                 else "",
             )
@@ -463,9 +522,9 @@ class Conversation:
         choices = [key for key, seconds in MODEL_CHOICES.items() if seconds <= cap] + list(MESSAGE_CHOICES)
         text = self.t(
             "settings",
-            model=format_duration(model),
-            model_cap=format_duration(cap),
-            messages=self.t("messages_deleted_after", duration=format_duration(messages))
+            model=self.t.duration(model),
+            model_cap=self.t.duration(cap),
+            messages=self.t("messages_deleted_after", duration=self.t.duration(messages))
             if messages
             else self.t("messages_kept"),
         )
@@ -515,11 +574,19 @@ class Conversation:
         delete_saved_files = getattr(messenger, "delete_saved_files", None)
         if delete_saved_files is not None:  # the console: the files it wrote on this computer
             counts["files saved on this computer"] = await delete_saved_files(chat)
-        lines = "\n".join(f"• {name}: {count}" for name, count in counts.items())
+        lines = "\n".join(
+            self.t("receipt_line", what=self.t.receipt_label(name), count=count)
+            for name, count in counts.items()
+        )
         await self.say(
             chat,
             Reply(
-                self.t("forget_receipt", receipt_id=receipt.receipt_id, when=utc(receipt.at), counts=lines)
+                self.t(
+                    "forget_receipt",
+                    receipt_id=receipt.receipt_id,
+                    when=self.t.when(receipt.at),
+                    counts=lines,
+                )
             ),
         )
 
@@ -536,17 +603,18 @@ async def run_progress_updates(
             for job_id in [job_id for job_id in shown if job_id not in running]:
                 del shown[job_id]  # finished: its last edit is done by the delivery
             for job in jobs:
-                text = conversation.progress_text(job.stage, job.progress)
-                if shown.get(job.job_id) == text:
-                    continue
-                address = await engine.chat_of(job.user_id)
-                if address is None:
-                    continue
-                chat = Chat(platform, address["chat_id"], address["user_id"], True)
-                await conversation.messengers[platform].edit(
-                    chat, job.message_id, Reply(text, buttons=conversation.buttons.cancel(job.job_id))
-                )
-                shown[job.job_id] = text
+                with conversation.t.using(await conversation.stored_language(job.user_id)):
+                    text = conversation.progress_text(job.stage, job.progress)
+                    if shown.get(job.job_id) == text:
+                        continue
+                    address = await engine.chat_of(job.user_id)
+                    if address is None:
+                        continue
+                    chat = Chat(platform, address["chat_id"], address["user_id"], True)
+                    await conversation.messengers[platform].edit(
+                        chat, job.message_id, Reply(text, buttons=conversation.buttons.cancel(job.job_id))
+                    )
+                    shown[job.job_id] = text
         except Exception:
             log.exception("progress update failed; trying again")
         with contextlib.suppress(TimeoutError):

@@ -35,7 +35,7 @@ class OperatorConsole:
         self.telegram_link = telegram_link
 
     def text(self, key: str, **values: object) -> str:
-        return self.t.data["ops"][key].format(**values)
+        return self.t.default.data["ops"][key].format(**values)  # operator texts: English
 
     async def run(self, operator: str, args: str) -> str:
         words = args.split()

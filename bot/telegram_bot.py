@@ -268,7 +268,12 @@ def to_chat(update: Update) -> Chat:
     chat, user = update.effective_chat, update.effective_user
     private = chat.type == "private"
     return Chat(
-        "telegram", str(chat.id), str(user.id), private, by_chat_user=not private or chat.id == user.id
+        "telegram",
+        str(chat.id),
+        str(user.id),
+        private,
+        by_chat_user=not private or chat.id == user.id,
+        language=user.language_code or "",
     )
 
 
@@ -366,6 +371,13 @@ class TelegramFrontend:
             for update_id in update_ids:
                 self.bot.release(update_id)
 
+    async def set_commands(self) -> None:
+        """The command menu in every language: English by default, each other language for its users."""
+        texts = self.conversation.t
+        for code, language in texts.languages.items():
+            commands = [BotCommand(name, language.command(name)) for name in COMMANDS]
+            await self.app.bot.set_my_commands(commands, language_code=None if code == "en" else code)
+
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram error: %s", type(context.error).__name__)
 
@@ -378,7 +390,7 @@ class TelegramFrontend:
             raise RuntimeError(
                 f"cannot reach the Bot API ({error}); check LIKENESS_TELEGRAM_API_URL"
             ) from None
-        await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS.items()])
+        await self.set_commands()
         await self.app.start()
         if self.settings.webhook_url:
             await self._start_webhook()

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -141,6 +141,15 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class LanguagePreference:
+    """The user's language as stored with their row: their own choice, and what the platform reported."""
+
+    chosen: str | None = None
+    reported: str | None = None
+    known: bool = False  # the user has a row (the reported language is stored only then)
+
+
+@dataclass(frozen=True)
 class UserStatus:
     consented: bool
     photos: int
@@ -245,16 +254,42 @@ class Engine:
         row = await self.tables.consents.current(user_id)
         return dict(row) if row else None
 
-    async def has_consent(self, user_id: str, policy_version: str) -> bool:
+    async def has_consent(self, user_id: str, policy_versions: Mapping[str, str]) -> bool:
+        """True if the user's consent is to the current policy of the language they read it in.
+
+        `policy_versions`: the current version per language; a change in one language asks only those who
+        agreed to that language's text to consent again."""
         current = await self.consent(user_id)
-        return bool(current and current["policy_version"] == policy_version)
+        return bool(current and current["policy_version"] == policy_versions.get(current["language"]))
+
+    async def language_preference(self, user_id: str) -> LanguagePreference:
+        row = await self.tables.users.languages(user_id)
+        if row is None:
+            return LanguagePreference()
+        return LanguagePreference(row["language"], row["platform_language"], known=True)
+
+    async def choose_language(self, user_id: str, platform: str, language: str) -> None:
+        """The user's own choice (/language); kept with their row until /forget."""
+        await self.touch_user(user_id, platform)
+        await self.tables.users.set_language(user_id, language)
+
+    async def report_language(self, user_id: str, language: str) -> None:
+        """The language the platform reports for a known user (for messages sent without an event)."""
+        await self.tables.users.set_platform_language(user_id, language)
 
     async def give_consent(
-        self, user_id: str, platform: str, chat: dict[str, Any], policy_version: str, attested: str
+        self,
+        user_id: str,
+        platform: str,
+        chat: dict[str, Any],
+        policy_version: str,
+        attested: str,
+        language: str = "en",
     ) -> None:
+        """Record consent to `policy_version` of the policy in `language`, with what was attested."""
         await self.touch_user(user_id, platform, chat)
-        await self.tables.consents.give(user_id, policy_version, attested)
-        await self.tables.audit.add("consent_given", policy_version=policy_version)
+        await self.tables.consents.give(user_id, policy_version, language, attested)
+        await self.tables.audit.add("consent_given", policy_version=policy_version, language=language)
 
     # -- photos ---------------------------------------------------------------------------------------
     def check_size(self, size: int | None) -> Rejected | None:
@@ -698,11 +733,11 @@ class Engine:
                 await self.retention.clear_deadline("message", row["id"])
 
     # -- status, export, forget -----------------------------------------------------------------------
-    async def status(self, user_id: str, platform: str, policy_version: str) -> UserStatus:
+    async def status(self, user_id: str, platform: str, policy_versions: Mapping[str, str]) -> UserStatus:
         deadlines = self.tables.deadlines
         jobs = [(job, await self.queue.position(job)) for job in await self.queue.active_jobs(user_id)]
         return UserStatus(
-            consented=await self.has_consent(user_id, policy_version),
+            consented=await self.has_consent(user_id, policy_versions),
             photos=await self.photo_count(user_id),
             photo_deadline=await deadlines.first_of_user(user_id, "photo"),
             has_model=await self.has_model(user_id),
@@ -724,6 +759,7 @@ class Engine:
         if user:
             summary["created_at"] = user["created_at"]
             summary["model_retention_seconds"] = await self.model_retention(user_id)
+            summary["language"] = user["language"]
         summary.update(await self.tables.users.export(user_id))
         if await self.signature(user_id) is not None:
             summary["face_signature"] = SIGNATURE_DESCRIPTION

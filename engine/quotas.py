@@ -67,6 +67,7 @@ class Quotas:
             what=WHAT[kind],
             limit=allowance.limit,
             period=format_duration(allowance.period),
+            period_seconds=allowance.period,
             renews_at=renews_at,
             renews=utc_text(renews_at),
         )

@@ -207,6 +207,7 @@ class FakeDiscordUser:
         self.name = name
         self.dm_channel_id = fake._snowflake()
         self.dms_open = True
+        self.locale = "en-US"  # the client's language, sent with every interaction (e.g. "de", "pt-BR")
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -698,7 +699,7 @@ class FakeDiscord:
             "version": 1,
             "channel_id": str(interaction.channel_id),
             "channel": self._channel_payload(interaction.channel_id),
-            "locale": "en-US",
+            "locale": user.locale,
             "app_permissions": str((1 << 41) - 1),
             "entitlements": [],
             "attachment_size_limit": 10 * 1024 * 1024,

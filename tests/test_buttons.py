@@ -70,6 +70,7 @@ async def test_every_button_shown_is_routed_and_accepted(tmp_path) -> None:
             *buttons.another_style(),
             *buttons.forget(),
             *buttons.settings(["model_now", "model_day", "model_week", "messages_off", "messages_day"]),
+            *buttons.languages(),
         ]
         pressed = [decode(button.data) for row in shown for button in row]
         assert None not in pressed

@@ -4,14 +4,14 @@ import io
 from pathlib import Path
 
 from bot.app import App
-from bot.console import ConsoleFrontend
+from bot.console import ConsoleFrontend, terminal_language
 from bot.events import Button, ButtonPress, Command, PhotoMessage, Reply, TextMessage
 from tests.tiny_settings import tiny_settings
 
 
 def make(tmp_path: Path) -> tuple[ConsoleFrontend, list[str]]:
     printed: list[str] = []
-    return ConsoleFrontend(tmp_path / "out", write=printed.append), printed
+    return ConsoleFrontend(tmp_path / "out", write=printed.append, language="C.UTF-8"), printed
 
 
 async def test_lines_become_events(tmp_path):
@@ -73,6 +73,15 @@ async def test_a_failing_event_is_apologised_for_and_the_console_keeps_reading(t
     assert any(app.conversation.t("internal_error") in line for line in printed)  # the shared dispatch
     assert any("cannot read that line (ValueError)" in line for line in printed)
     assert quit_called == [True]  # the loop survived both and read the next line
+
+
+def test_the_terminal_language_is_read_like_the_c_library_does():
+    assert terminal_language({"LANG": "pt_BR.UTF-8"}) == "pt_BR.UTF-8"
+    assert terminal_language({"LANG": "pt_BR.UTF-8", "LC_MESSAGES": "de_DE.UTF-8"}) == "de_DE.UTF-8"
+    assert terminal_language({"LANG": "pt_BR.UTF-8", "LC_ALL": "uk_UA.UTF-8"}) == "uk_UA.UTF-8"
+    assert terminal_language({}) == ""
+    console = ConsoleFrontend(Path("."), language="es_ES.UTF-8")
+    assert console.parse("/start").chat.language == "es_ES.UTF-8"
 
 
 async def test_a_person_at_a_terminal_sees_an_input_prompt(tmp_path, monkeypatch, capsys):

@@ -168,7 +168,9 @@ async def test_training_quota_is_a_rolling_window_and_cancelled_or_failed_jobs_g
     await engine.start_training(user)
     job = await engine.queue.claim("w")
     assert await engine.record_failure(job, "RuntimeError: boom") == "failed"
-    (allowance,) = [a for a in (await engine.status(user, "telegram", "v1")).allowances if a.kind == "train"]
+    (allowance,) = [
+        a for a in (await engine.status(user, "telegram", {"en": "v1"})).allowances if a.kind == "train"
+    ]
     assert (allowance.used, allowance.left) == (1, 1)
 
     await engine.start_training(user)
@@ -195,7 +197,7 @@ async def test_one_unfinished_style_request_and_the_request_quota(open_engine, f
 
     await engine.request_portraits(user, preset)
     await refused("request_pending", engine.request_portraits(user, preset))
-    status = await engine.status(user, "telegram", "v1")
+    status = await engine.status(user, "telegram", {"en": "v1"})
     assert [(a.kind, a.used) for a in status.allowances] == [("train", 1), ("generate", 1)]  # no unit used
     await finish_next(engine)
     await engine.request_portraits(user, preset)
@@ -222,7 +224,9 @@ async def test_a_full_queue_refuses_new_work_with_a_measured_estimate(open_engin
             "INSERT INTO job_durations(kind, seconds, finished_at) VALUES ('train', 120, 0)"
         )
     assert (await refused("busy", engine.start_training(users[3]))).detail == {"minutes": 2}
-    assert [job.state for job, _ in (await engine.status(users[2], "telegram", "v1")).jobs] == ["queued"]
+    assert [job.state for job, _ in (await engine.status(users[2], "telegram", {"en": "v1"})).jobs] == [
+        "queued"
+    ]
 
 
 # -- operators ------------------------------------------------------------------------------------------
@@ -230,7 +234,7 @@ async def test_pause_block_and_the_audit_log(open_engine):
     engine = await open_engine()
     operator = engine.pseudonym(*OPERATOR)
     user = await onboard(engine, "1")
-    ref = (await engine.status(user, "telegram", "v1")).support_ref
+    ref = (await engine.status(user, "telegram", {"en": "v1"})).support_ref
     assert len(ref) == 9 and ref[4] == "-" and user not in ref
 
     await engine.pause_intake(operator)

@@ -211,11 +211,15 @@ async def test_results_arrive_as_protected_marked_files_with_another_style(world
     assert "Another style" in world.again.button_texts
 
 
-async def test_the_command_menu_is_set(world: World) -> None:
-    (commands,) = world.fake.commands.values()
-    names = [c["command"] for c in commands]
-    assert names == list(COMMANDS)
-    assert {"start", "mydata", "settings", "forget", "privacy"} <= set(names)
+async def test_the_command_menu_is_set_in_every_language(world: World) -> None:
+    menus = {language: commands for (_, language), commands in world.fake.commands.items()}
+    assert set(menus) == {"", *world.app.conversation.t.languages} - {"en"}  # "": the default, English
+    for commands in menus.values():
+        assert [c["command"] for c in commands] == list(COMMANDS)
+    assert {"start", "mydata", "settings", "forget", "privacy", "language"} <= set(COMMANDS)
+    assert menus[""][0]["description"] == "What this bot does and how your data is handled"
+    assert menus["es"][0]["description"] == "Qué hace este bot y cómo se tratan tus datos"
+    assert menus["uk"][-1]["description"] == "Список команд"
 
 
 # -- 5. forged and garbage callbacks --------------------------------------------------------------------

@@ -35,6 +35,16 @@ class Users:
     async def set_message_retention(self, user_id: str, seconds: float) -> None:
         await self.db.execute(self.db.sql.USER_SET_MESSAGE_RETENTION, (seconds, user_id))
 
+    async def languages(self, user_id: str) -> Row | None:
+        """(language, platform_language) of the user's row, or None without a row."""
+        return await self.db.fetchone(self.db.sql.USER_LANGUAGES, (user_id,))
+
+    async def set_language(self, user_id: str, language: str | None) -> None:
+        await self.db.execute(self.db.sql.USER_SET_LANGUAGE, (language, user_id))
+
+    async def set_platform_language(self, user_id: str, language: str | None) -> None:
+        await self.db.execute(self.db.sql.USER_SET_PLATFORM_LANGUAGE, (language, user_id))
+
     async def erase(self, user_id: str) -> dict[str, int]:
         """Delete every row of one user in one transaction; returns counts per table."""
         counts: dict[str, int] = {}
@@ -66,13 +76,13 @@ class Consents:
     async def current(self, user_id: str) -> Row | None:
         return await self.db.fetchone(self.db.sql.CONSENT_CURRENT, (user_id,))
 
-    async def give(self, user_id: str, policy_version: str, attested: str) -> None:
-        """Withdraw any earlier consent and record this one, together."""
+    async def give(self, user_id: str, policy_version: str, language: str, attested: str) -> None:
+        """Withdraw any earlier consent and record this one (to the policy text in `language`), together."""
         now = self.db.clock.now()
         async with self.db.transaction():
             await self.db.execute(self.db.sql.CONSENT_WITHDRAW_ALL, (now, user_id))
             await self.db.execute(
-                self.db.sql.CONSENT_INSERT, (new_id(), user_id, policy_version, attested, now)
+                self.db.sql.CONSENT_INSERT, (new_id(), user_id, policy_version, language, attested, now)
             )
 
 

@@ -144,6 +144,14 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     ALTER TABLE audit ADD COLUMN actor TEXT;  -- the operator's pseudonym for operator actions
-    CREATE INDEX jobs_user_kind ON jobs(user_id, kind, created_at);
+    CREATE INDEX jobs_user_kind ON jobs(user_id, kind, created_at)
+    """,
+    # 5: languages. users.language: the user's /language choice (NULL: none); users.platform_language: the
+    # language their platform last reported; consents.language: the language of the policy text agreed to
+    # (every consent before this was to the English text).
+    """
+    ALTER TABLE users ADD COLUMN language TEXT;
+    ALTER TABLE users ADD COLUMN platform_language TEXT;
+    ALTER TABLE consents ADD COLUMN language TEXT NOT NULL DEFAULT 'en'
     """,
 ]

@@ -11,6 +11,9 @@ USER_TOUCH = "UPDATE users SET last_active_at=?, chat=COALESCE(?, chat) WHERE id
 USER_GET = "SELECT * FROM users WHERE id=?"
 USER_SET_MODEL_RETENTION = "UPDATE users SET model_retention=? WHERE id=?"
 USER_SET_MESSAGE_RETENTION = "UPDATE users SET message_retention=? WHERE id=?"
+USER_LANGUAGES = "SELECT language, platform_language FROM users WHERE id=?"
+USER_SET_LANGUAGE = "UPDATE users SET language=? WHERE id=?"
+USER_SET_PLATFORM_LANGUAGE = "UPDATE users SET platform_language=? WHERE id=?"
 USER_ERASE = {  # table -> statement deleting one user's rows
     "sent_messages": "DELETE FROM sent_messages WHERE user_id=?",
     "deliveries": "DELETE FROM deliveries WHERE user_id=?",
@@ -27,11 +30,13 @@ USER_IDS = "SELECT id FROM users"
 
 # -- consents ----------------------------------------------------------------------------------------------
 CONSENT_CURRENT = (
-    "SELECT policy_version, attested, given_at FROM consents WHERE user_id=? AND withdrawn_at IS NULL "
+    "SELECT policy_version, language, attested, given_at FROM consents WHERE user_id=? AND withdrawn_at IS NULL "
     "ORDER BY given_at DESC LIMIT 1"
 )
 CONSENT_WITHDRAW_ALL = "UPDATE consents SET withdrawn_at=? WHERE user_id=? AND withdrawn_at IS NULL"
-CONSENT_INSERT = "INSERT INTO consents(id, user_id, policy_version, attested, given_at) VALUES (?,?,?,?,?)"
+CONSENT_INSERT = (
+    "INSERT INTO consents(id, user_id, policy_version, language, attested, given_at) VALUES (?,?,?,?,?,?)"
+)
 
 # -- photos ------------------------------------------------------------------------------------------------
 PHOTO_COUNT = "SELECT COUNT(*) AS n FROM photos WHERE user_id=?"
@@ -217,7 +222,7 @@ AUDIT_OPERATOR_ACTIONS = (
 
 # -- export (/mydata): what is stored about one user, per table --------------------------------------------
 EXPORT = {
-    "consents": "SELECT policy_version, attested, given_at, withdrawn_at FROM consents WHERE user_id=?",
+    "consents": "SELECT policy_version, language, attested, given_at, withdrawn_at FROM consents WHERE user_id=?",
     "photos": "SELECT id, width, height, created_at FROM photos WHERE user_id=?",
     "adapters": "SELECT id, created_at, last_used_at, losses FROM adapters WHERE user_id=?",
     "outputs": "SELECT id, preset, faces, likeness, created_at, delivered_at FROM outputs WHERE user_id=?",
