@@ -239,8 +239,13 @@ async def test_overdue_deadlines_are_kept_before_anything_else_after_a_restart(t
         assert seen_at_start == {"deadlines": 0, "files": 0}
         audit = await bot.engine.store.fetchall("SELECT detail FROM audit WHERE action='retention'")
         # only Bob's never-run job is cancelled: finished jobs no longer carry a deadline
-        assert json.loads(audit[-1]["detail"]) == {"adapter": 1, "message": 2, "photo": 3, "job": 1}
-        assert len(bot.recorder.deleted) == 2  # the delivered portraits, deleted from the chat
+        assert json.loads(audit[-1]["detail"]) == {
+            "adapter": 1,
+            "message": 3,
+            "photo": 3,
+            "job": 1,
+        }  # 2 portraits + "another style"
+        assert len(bot.recorder.deleted) == 3  # the delivered portraits and their button, deleted from the chat
         assert await bot.count("photos", bob) == 0 and await bot.count("adapters", alice) == 0
         assert (await bot.engine.store.fetchone("SELECT state FROM jobs WHERE user_id=?", (bob.id,)))[
             0
