@@ -245,7 +245,9 @@ async def test_overdue_deadlines_are_kept_before_anything_else_after_a_restart(t
             "photo": 3,
             "job": 1,
         }  # 2 portraits + "another style"
-        assert len(bot.recorder.deleted) == 3  # the delivered portraits and their button, deleted from the chat
+        assert (
+            len(bot.recorder.deleted) == 3
+        )  # the delivered portraits and their button, deleted from the chat
         assert await bot.count("photos", bob) == 0 and await bot.count("adapters", alice) == 0
         assert (await bot.engine.store.fetchone("SELECT state FROM jobs WHERE user_id=?", (bob.id,)))[
             0
