@@ -267,7 +267,7 @@ async def test_a_press_in_another_users_dm_only_gets_a_short_answer(
         for user in (alex, mallory):
             assert visible(user) == before[user.id]
             status = await app.engine.status(
-                app.engine.pseudonym("discord", str(user.id)), "discord", app.conversation.t.policy_version
+                app.engine.pseudonym("discord", str(user.id)), "discord", app.conversation.t.policy_versions
             )
             assert status.jobs == [] and status.photos == len(photos)
         assert len(press.responses) == 2

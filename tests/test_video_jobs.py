@@ -99,7 +99,7 @@ async def test_video_job_from_request_to_forget(tmp_path, presets):
         assert (report.width, report.height) == (512, 660)
         assert report.watermark and report.watermark_frames >= 7 and report.iptc_xmp
 
-        status = await engine.status(user, "telegram", "1")
+        status = await engine.status(user, "telegram", {"en": "1"})
         assert status.outputs == 1 and status.output_deadline is not None
         summary, archive = await engine.export(user)
         with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
@@ -110,7 +110,7 @@ async def test_video_job_from_request_to_forget(tmp_path, presets):
         assert blob.exists() and clip not in blob.read_bytes()  # sealed at rest
         await engine.delivered(delivery, ["m1"], "telegram")
         assert [d.kind for d in await engine.pending_deliveries("telegram")] == ["trained"]
-        assert (await engine.status(user, "telegram", "1")).outputs == 0  # delivered: deleted at once
+        assert (await engine.status(user, "telegram", {"en": "1"})).outputs == 0  # delivered: deleted at once
         assert not blob.exists()
 
         second = await engine.request_portraits(user, "clip")

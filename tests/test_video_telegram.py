@@ -138,7 +138,7 @@ async def test_the_delivered_clip_decodes_and_carries_the_marks(world: World) ->
     report = verify_video(world.clip.animation)
     assert report.watermark and report.watermark_frames >= 7 and report.iptc_xmp
     engine = world.app.engine
-    assert (await engine.status(engine.pseudonym("telegram", ALICE), "telegram", "1")).outputs == 0
+    assert (await engine.status(engine.pseudonym("telegram", ALICE), "telegram", {"en": "1"})).outputs == 0
 
 
 async def test_a_pending_clip_survives_a_block_and_a_restart_and_is_sent_once(world: World) -> None:
