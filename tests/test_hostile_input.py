@@ -30,7 +30,7 @@ from tests.tiny_settings import tiny_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = IntakeLimits()
-INTAKE_TEXTS = tomllib.loads((ROOT / "config" / "texts.toml").read_text())["intake"]
+INTAKE_TEXTS = tomllib.loads((ROOT / "config" / "texts" / "en.toml").read_text())["intake"]
 CORPUS = corpus()
 
 

@@ -57,7 +57,7 @@ def test_a_failed_blob_write_leaves_no_file(vault: Vault, monkeypatch: pytest.Mo
 def test_storage_reasons_have_texts() -> None:
     from engine.settings import load_settings
 
-    texts = (ROOT / "config" / "texts.toml").read_text()
+    texts = (ROOT / "config" / "texts" / "en.toml").read_text()
     assert {"storage_full", "storage_busy"} <= REASONS
     for reason in ("storage_full", "storage_busy"):
         assert f"\n{reason} = " in texts
