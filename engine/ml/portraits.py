@@ -96,7 +96,9 @@ def make_portraits(
 
         return report
 
-    images = generator.generate(owner, preset, token, total, seed, stage("generate"), should_stop)
+    images = generator.generate(
+        owner, preset, token, total, seed, progress=stage("generate"), should_stop=should_stop
+    )
     scores = [score(image, signature) for image in images]
     chosen = select(scores, count, min_likeness).indices if signature else rank(scores)[:count]
     picked = [images[i] for i in chosen]
