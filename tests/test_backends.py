@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- repositories on both databases ----------------------------------------------------------------------
 async def fill(tables: Tables, user: str) -> None:
     await tables.users.ensure(user, "telegram", b"sealed")
-    await tables.consents.give(user, "v1", "adult")
+    await tables.consents.give(user, "v1", "en", "adult")
     await tables.photos.add(f"p{user[:4]}", user, b"fp", 64, 64)
     await tables.adapters.add(f"ad{user[:4]}", user, "sks", [0.5, 0.25])
     await tables.outputs.add(f"o{user[:4]}", user, f"j{user[:4]}", "headshot", 0)
