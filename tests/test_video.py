@@ -36,7 +36,19 @@ transformers.utils.logging.set_verbosity_error()
 
 CPU = torch.device("cpu")
 DEPLOYMENT = "video-test"
-CLIP = Preset("clip", "Clip (animated)", "portrait of {token}", "blurry", 2, 6.0, "1:1", True, 8, 8, True)
+CLIP = Preset(
+    "clip",
+    "Clip (animated)",
+    "portrait of {token}",
+    "blurry",
+    2,
+    6.0,
+    "1:1",
+    video=True,
+    frames=8,
+    fps=8,
+    loop=True,
+)
 STILL = Preset("still", "Still", "portrait of {token}", "blurry", 2, 6.0, "1:1")
 
 
