@@ -1,4 +1,5 @@
-"""Generic fixtures: a temporary data dir, a fake clock, an open store and a vault."""
+"""Generic fixtures: a temporary data dir, a fake clock, an open store and a vault, and both storage
+backends (SQLite, PostgreSQL) for the suites that must hold on each."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from engine.clock import FakeClock
 from engine.db import Database
 from engine.db.sqlite import SqliteDatabase as Store
-from engine.vault import Vault, encode_master_key, new_master_key
+from engine.vault import Vault, new_master_key
 from tests.postgres_server import PostgresServer, running_server
+from tests.storage_backends import Backend, PostgresBackend, SqliteBackend
 
 
 @pytest.fixture
@@ -40,8 +42,9 @@ def master_key() -> bytes:
 
 
 @pytest.fixture
-def vault(data_dir: Path, master_key: bytes) -> Iterator[Vault]:
-    vault = Vault(data_dir, master_key)
+def vault(data_dir: Path, master_key: bytes, backend: Backend) -> Iterator[Vault]:
+    """A vault with local blobs and its key store on each backend."""
+    vault = Vault(data_dir, master_key, key_table=backend.key_table())
     yield vault
     vault.close()
 
@@ -55,32 +58,25 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def db(
-    request: pytest.FixtureRequest, data_dir: Path, fake_clock: FakeClock
-) -> AsyncIterator[Database]:
-    """An empty, migrated database on each backend."""
+def backend(request: pytest.FixtureRequest, data_dir: Path) -> Backend:
+    """Each storage backend in turn: its main database and key store (see tests/storage_backends.py)."""
     if request.param == "sqlite":
-        database: Database = await Store.open(data_dir / "likeness.sqlite3", fake_clock)
-    else:
-        from engine.db.postgres.connection import PostgresDatabase
+        return SqliteBackend(data_dir)
+    return PostgresBackend(request.getfixturevalue("postgres_server"))
 
-        server = request.getfixturevalue("postgres_server")
-        database = await PostgresDatabase.open(server.url(server.new_database()), fake_clock)
+
+@pytest.fixture
+async def db(backend: Backend, fake_clock: FakeClock) -> AsyncIterator[Database]:
+    """An empty, migrated database on each backend."""
+    database = await backend.open_db(fake_clock)
     yield database
     await database.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+@pytest.fixture
+def backend_env(backend: Backend) -> dict[str, str]:
     """`LIKENESS_*` settings that put rows and keys on each backend (empty: the embedded default)."""
-    if request.param == "sqlite":
-        return {}
-    server = request.getfixturevalue("postgres_server")
-    return {
-        "LIKENESS_DATABASE_URL": server.url(server.new_database()),
-        "LIKENESS_KEYSTORE_URL": server.url(server.new_database()),
-        "LIKENESS_MASTER_KEY": encode_master_key(new_master_key()),
-    }
+    return backend.env()
 
 
 @pytest.fixture

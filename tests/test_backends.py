@@ -99,6 +99,8 @@ def dead_key_tuples(server, database: str) -> int:
 
 
 def test_postgres_key_store_creates_shreds_and_vacuums(postgres_server, tmp_path) -> None:
+    """PostgreSQL's own bookkeeping shows no dead tuple of a shredded key (tests/test_vault.py checks, on
+    both backends, that its bytes are gone from the key store's files, and master-key rotation)."""
     from engine.db.postgres.keystore import PostgresKeyTable
 
     database = postgres_server.new_database()
@@ -113,24 +115,6 @@ def test_postgres_key_store_creates_shreds_and_vacuums(postgres_server, tmp_path
         vault.keys.data_key(ALICE)
     assert dead_key_tuples(postgres_server, database) == 0  # vacuumed at once: no dead tuple of the key
     vault.close()
-
-
-def test_master_key_rotation_on_the_postgres_key_store(postgres_server, tmp_path) -> None:
-    from engine.db.postgres.keystore import PostgresKeyTable
-    from engine.vault import MasterKeyError
-
-    url = postgres_server.url(postgres_server.new_database())
-    old, new = new_master_key(), new_master_key()
-    vault = Vault(tmp_path, old, key_table=PostgresKeyTable(url))
-    vault.put(ALICE, "photo", "p1", b"alice")
-    vault.put(BOB, "photo", "p1", b"bob")
-    assert vault.keys.rotate(new) == 2
-    vault.close()
-    with pytest.raises(MasterKeyError):
-        Vault(tmp_path, old, key_table=PostgresKeyTable(url))
-    rotated = Vault(tmp_path, new, key_table=PostgresKeyTable(url))
-    assert rotated.get(BOB, "photo", "p1") == b"bob"
-    rotated.close()
 
 
 # -- blobs in S3-compatible storage ----------------------------------------------------------------------

@@ -1,18 +1,16 @@
-"""The SQLite database and its repositories: migrations, pragmas, total erasure of one user, secure deletion, transactions across tasks."""
+"""The database and its repositories on every backend: migrations, total erasure of one user, what is
+left where a copy of the storage can read it, transactions across tasks; SQLite's own settings."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
 
-import engine.db.sqlite.migrations as store_module
 from engine.clock import FakeClock
-from engine.db import USER_TABLES, Tables
+from engine.db import USER_TABLES, Database, Tables
 from engine.db.sqlite import SqliteDatabase as Store
-from engine.db.sqlite.migrations import MIGRATIONS
+from tests.storage_backends import Backend
 
 ALICE, BOB = "a" * 32, "b" * 32
 
@@ -21,91 +19,84 @@ def marker(user_id: str) -> str:
     return f"SECRET-MARKER-{user_id[:4]}"
 
 
-async def columns(store: Store, table: str) -> list[tuple[str, str]]:
-    return [(row["name"], row["type"]) for row in await store.fetchall(f"PRAGMA table_info({table})")]
-
-
-async def insert_everywhere(store: Store, user_id: str) -> None:
+async def insert_everywhere(backend: Backend, db: Database, user_id: str) -> None:
     """One row for the user in every USER_TABLES table, every column filled, text carrying a marker."""
     for table in reversed(USER_TABLES):  # users first: the others reference it
         names, values = [], []
-        for name, kind in await columns(store, table):
+        for name, kind in await backend.columns(db, table):
             names.append(name)
             if name == "user_id" or (table == "users" and name == "id"):
                 values.append(user_id)
-            elif kind == "TEXT":
+            elif kind == "text":
                 values.append(f"{marker(user_id)}-{table}-{name}")
-            elif kind == "BLOB":
+            elif kind == "bytes":
                 values.append(marker(user_id).encode())
             else:
                 values.append(1)
-        await store.execute(
+        await db.execute(
             f"INSERT INTO {table}({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values
         )
 
 
-async def count(store: Store, table: str, user_id: str) -> int:
+async def count(db: Database, table: str, user_id: str) -> int:
     column = "id" if table == "users" else "user_id"
-    row = await store.fetchone(f"SELECT COUNT(*) FROM {table} WHERE {column}=?", (user_id,))
-    return row[0]
+    row = await db.fetchone(f"SELECT COUNT(*) AS n FROM {table} WHERE {column}=?", (user_id,))
+    return row["n"]
 
 
 # -- schema -----------------------------------------------------------------------------------------------
 
 
-async def table_names(store: Store) -> list[str]:
-    rows = await store.fetchall("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
-    return [row["name"] for row in rows]
-
-
-async def test_migrations_run_once(data_dir: Path, fake_clock: FakeClock) -> None:
-    store = await Store.open(data_dir / "likeness.sqlite3", fake_clock)
-    assert (await store.fetchone("PRAGMA user_version"))[0] == len(MIGRATIONS)
-    tables = await table_names(store)
+async def test_migrations_run_once(backend: Backend, db: Database) -> None:
+    migrations = len(backend.migrations.MIGRATIONS)
+    assert await backend.schema_version(db) == migrations
+    tables = await backend.tables(db)
     assert set(USER_TABLES) <= set(tables)
-    assert await store.migrate() == len(MIGRATIONS)  # again: nothing to do (a re-run CREATE would fail)
-    await store.close()
+    assert await db.migrate() == migrations  # again: nothing to do (a re-run CREATE would fail)
 
-    reopened = await Store.open(data_dir / "likeness.sqlite3", fake_clock)
-    assert await table_names(reopened) == tables
-    assert (await reopened.fetchone("PRAGMA user_version"))[0] == len(MIGRATIONS)
+    reopened = await backend.open_db()
+    assert await backend.tables(reopened) == tables
+    assert await backend.schema_version(reopened) == migrations
     await reopened.close()
 
 
-async def test_new_migration_applies_on_open(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    await (await Store.open(data_dir / "likeness.sqlite3")).close()
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, "CREATE TABLE extra (x TEXT)"])
+async def test_new_migration_applies_on_open(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    await (await backend.open_db()).close()
+    migrations = backend.migrations.MIGRATIONS
+    monkeypatch.setattr(backend.migrations, "MIGRATIONS", [*migrations, "CREATE TABLE extra (x TEXT)"])
     for _ in range(2):  # the second open finds nothing to do
-        store = await Store.open(data_dir / "likeness.sqlite3")
-        assert (await store.fetchone("PRAGMA user_version"))[0] == len(MIGRATIONS) + 1
-        assert "extra" in await table_names(store)
-        await store.close()
+        db = await backend.open_db()
+        assert await backend.schema_version(db) == len(migrations) + 1
+        assert "extra" in await backend.tables(db)
+        await db.close()
 
 
-async def test_failed_migration_changes_nothing(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failed_migration_changes_nothing(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrations = backend.migrations.MIGRATIONS
     broken = "CREATE TABLE half_done (x TEXT); CREATE TABLE broken ("
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
-    with pytest.raises(sqlite3.OperationalError):
-        await Store.open(data_dir / "likeness.sqlite3")
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
-    store = await Store.open(data_dir / "likeness.sqlite3")
-    assert (await store.fetchone("PRAGMA user_version"))[0] == len(MIGRATIONS)
-    assert "half_done" not in await table_names(store)
-    await store.close()
+    monkeypatch.setattr(backend.migrations, "MIGRATIONS", [*migrations, broken])
+    with pytest.raises(backend.error):
+        await backend.open_db()
+    monkeypatch.setattr(backend.migrations, "MIGRATIONS", migrations)
+    db = await backend.open_db()
+    assert await backend.schema_version(db) == len(migrations)
+    assert "half_done" not in await backend.tables(db)
+    await db.close()
 
 
 async def test_pragmas(store: Store) -> None:
+    # SQLite-only: these PRAGMAs are the embedded database's own settings; PostgreSQL has no equivalent.
     assert (await store.fetchone("PRAGMA journal_mode"))[0] == "wal"
     assert (await store.fetchone("PRAGMA secure_delete"))[0] == 1
     assert (await store.fetchone("PRAGMA busy_timeout"))[0] == 10000
     assert (await store.fetchone("PRAGMA foreign_keys"))[0] == 1
 
 
-async def test_user_tables_cover_every_table_with_a_user(store: Store) -> None:
+async def test_user_tables_cover_every_table_with_a_user(backend: Backend, db: Database) -> None:
     """A table that gains a user_id column must be added to USER_TABLES, or erasure would miss it."""
     with_users = {"users"}
-    for table in await table_names(store):
-        if any(name == "user_id" for name, _ in await columns(store, table)):
+    for table in await backend.tables(db):
+        if any(name == "user_id" for name, _ in await backend.columns(db, table)):
             with_users.add(table)
     assert with_users == set(USER_TABLES)
 
@@ -113,42 +104,41 @@ async def test_user_tables_cover_every_table_with_a_user(store: Store) -> None:
 # -- users and erasure ------------------------------------------------------------------------------------
 
 
-async def test_ensure_user(store: Store, fake_clock: FakeClock) -> None:
-    assert await Tables(store).users.ensure(ALICE, "telegram", b"sealed-chat") is True
+async def test_ensure_user(db: Database, fake_clock: FakeClock) -> None:
+    assert await Tables(db).users.ensure(ALICE, "telegram", b"sealed-chat") is True
     fake_clock.advance(60)
-    assert await Tables(store).users.ensure(ALICE, "telegram", None) is False
-    user = await Tables(store).users.get(ALICE)
+    assert await Tables(db).users.ensure(ALICE, "telegram", None) is False
+    user = await Tables(db).users.get(ALICE)
     assert user["chat"] == b"sealed-chat"  # None keeps the known address
     assert user["last_active_at"] == user["created_at"] + 60
-    assert await Tables(store).users.get(BOB) is None
+    assert await Tables(db).users.get(BOB) is None
 
 
-async def test_erase_user_deletes_every_row_of_that_user_only(store: Store) -> None:
+async def test_erase_user_deletes_every_row_of_that_user_only(backend: Backend, db: Database) -> None:
     for user in (ALICE, BOB):
-        await insert_everywhere(store, user)
+        await insert_everywhere(backend, db, user)
     for table in USER_TABLES:
-        assert await count(store, table, ALICE) == 1
+        assert await count(db, table, ALICE) == 1
 
-    counts = await Tables(store).users.erase(ALICE)
+    counts = await Tables(db).users.erase(ALICE)
 
     assert counts == dict.fromkeys(USER_TABLES, 1)
     for table in USER_TABLES:
-        assert await count(store, table, ALICE) == 0, table
-        assert await count(store, table, BOB) == 1, table
-    assert await Tables(store).users.erase(ALICE) == dict.fromkeys(USER_TABLES, 0)  # idempotent
+        assert await count(db, table, ALICE) == 0, table
+        assert await count(db, table, BOB) == 1, table
+    assert await Tables(db).users.erase(ALICE) == dict.fromkeys(USER_TABLES, 0)  # idempotent
 
 
-async def test_erased_rows_are_overwritten_on_disk(data_dir: Path, store: Store) -> None:
-    database, wal = data_dir / "likeness.sqlite3", data_dir / "likeness.sqlite3-wal"
+async def test_erased_rows_are_overwritten_in_storage(backend: Backend, db: Database) -> None:
+    """SQLite: the database file and its WAL no longer hold the rows (secure_delete, checkpoint);
+    PostgreSQL: no live row does (see `readable_rows`)."""
     for user in (ALICE, BOB):
-        await insert_everywhere(store, user)
-    await store.compact()
-    assert marker(ALICE).encode() in database.read_bytes()  # the scan below can fail
+        await insert_everywhere(backend, db, user)
+    assert marker(ALICE).encode() in await backend.readable_rows(db)  # the scan below can fail
 
-    await Tables(store).users.erase(ALICE)  # checkpoints itself
+    await Tables(db).users.erase(ALICE)  # compacts itself
 
-    assert not wal.exists() or wal.stat().st_size == 0
-    content = database.read_bytes()
+    content = await backend.readable_rows(db)
     assert marker(ALICE).encode() not in content
     assert marker(BOB).encode() in content
 
@@ -156,34 +146,36 @@ async def test_erased_rows_are_overwritten_on_disk(data_dir: Path, store: Store)
 # -- transactions -----------------------------------------------------------------------------------------
 
 
-async def test_concurrent_transactions_and_statements_interleave_safely(store: Store) -> None:
-    await store.execute("CREATE TABLE counter (n INTEGER NOT NULL)")
-    await store.execute("CREATE TABLE log (i INTEGER NOT NULL)")
-    await store.execute("INSERT INTO counter VALUES (0)")
+async def test_concurrent_transactions_and_statements_interleave_safely(
+    backend: Backend, db: Database
+) -> None:
+    await db.execute("CREATE TABLE counter (n INTEGER NOT NULL)")
+    await db.execute("CREATE TABLE log (i INTEGER NOT NULL)")
+    await db.execute("INSERT INTO counter VALUES (0)")
 
     async def increment() -> None:
-        async with store.transaction():
-            row = await store.fetchone("SELECT n FROM counter")
+        async with db.transaction():
+            row = await db.fetchone(backend.locking("SELECT n FROM counter"))
             await asyncio.sleep(0)  # let every other task try to run a statement now
-            await store.execute("UPDATE counter SET n=?", (row["n"] + 1,))
+            await db.execute("UPDATE counter SET n=?", (row["n"] + 1,))
 
     async def append(i: int) -> None:
-        await store.execute("INSERT INTO log VALUES (?)", (i,))
+        await db.execute("INSERT INTO log VALUES (?)", (i,))
 
     tasks = [increment() for _ in range(25)] + [append(i) for i in range(25)]
     await asyncio.gather(*tasks)
 
-    assert (await store.fetchone("SELECT n FROM counter"))["n"] == 25  # no lost update
-    assert (await store.fetchone("SELECT COUNT(*) FROM log"))[0] == 25
+    assert (await db.fetchone("SELECT n FROM counter"))["n"] == 25  # no lost update
+    assert (await db.fetchone("SELECT COUNT(*) FROM log"))[0] == 25
 
 
-async def test_rollback_does_not_take_another_tasks_statement(store: Store) -> None:
-    await store.execute("CREATE TABLE log (what TEXT NOT NULL)")
+async def test_rollback_does_not_take_another_tasks_statement(db: Database) -> None:
+    await db.execute("CREATE TABLE log (what TEXT NOT NULL)")
     inside = asyncio.Event()
 
     async def failing_transaction() -> None:
-        async with store.transaction():
-            await store.execute("INSERT INTO log VALUES ('rolled back')")
+        async with db.transaction():
+            await db.execute("INSERT INTO log VALUES ('rolled back')")
             inside.set()
             for _ in range(10):
                 await asyncio.sleep(0)
@@ -191,30 +183,30 @@ async def test_rollback_does_not_take_another_tasks_statement(store: Store) -> N
 
     async def bystander() -> None:
         await inside.wait()
-        await store.execute("INSERT INTO log VALUES ('kept')")
+        await db.execute("INSERT INTO log VALUES ('kept')")
 
     results = await asyncio.gather(failing_transaction(), bystander(), return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
-    rows = await store.fetchall("SELECT what FROM log")
+    rows = await db.fetchall("SELECT what FROM log")
     assert [row["what"] for row in rows] == ["kept"]
 
 
-async def test_nested_transaction_joins_the_outer_one(store: Store) -> None:
-    await store.execute("CREATE TABLE log (what TEXT NOT NULL)")
+async def test_nested_transaction_joins_the_outer_one(db: Database) -> None:
+    await db.execute("CREATE TABLE log (what TEXT NOT NULL)")
     with pytest.raises(RuntimeError):
-        async with store.transaction():
-            async with store.transaction():
-                await store.execute("INSERT INTO log VALUES ('inner')")
+        async with db.transaction():
+            async with db.transaction():
+                await db.execute("INSERT INTO log VALUES ('inner')")
             raise RuntimeError("outer fails")
-    assert await store.fetchall("SELECT * FROM log") == []
-    async with store.transaction():
-        await store.execute("INSERT INTO log VALUES ('after')")
-    assert len(await store.fetchall("SELECT * FROM log")) == 1
+    assert await db.fetchall("SELECT * FROM log") == []
+    async with db.transaction():
+        await db.execute("INSERT INTO log VALUES ('after')")
+    assert len(await db.fetchall("SELECT * FROM log")) == 1
 
 
-async def test_audit_records_what_not_whom(store: Store, fake_clock: FakeClock) -> None:
-    await Tables(store).audit.add("erase", photos=3, adapters=1)
-    row = await store.fetchone("SELECT * FROM audit")
+async def test_audit_records_what_not_whom(db: Database, fake_clock: FakeClock) -> None:
+    await Tables(db).audit.add("erase", photos=3, adapters=1)
+    row = await db.fetchone("SELECT * FROM audit")
     assert (row["at"], row["action"], row["detail"]) == (
         fake_clock.now(),
         "erase",

@@ -1,8 +1,10 @@
 """The wrapped data keys in their own PostgreSQL database (`LIKENESS_KEYSTORE_URL`), never the main one.
 
-Synchronous (psycopg), like the vault that uses it. After a key is destroyed the table is vacuumed at
-once, so no dead tuple of it remains in the heap; what a WAL archive may still hold is a key *wrapped*
-by the master key (see docs/architecture.md).
+Synchronous (psycopg), like the vault that uses it. After a key is destroyed or re-wrapped the table is
+rewritten at once (`VACUUM FULL`): a plain VACUUM removes the dead tuple but may leave its bytes in the
+page's free space, a rewrite leaves no copy in the table's files. The table is small (one short row per
+user), so the rewrite is quick. What a WAL archive may still hold is a key *wrapped* by the master key
+(see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ class PostgresKeyTable:
             )
 
     def delete(self, owner: str) -> bool:
-        """Delete the owner's key and vacuum, so no dead tuple holding it stays in the table."""
+        """Delete the owner's key and rewrite the table, so no copy of it stays in the table's files."""
         with self._lock:
             deleted = self._db.execute("DELETE FROM data_keys WHERE owner=%s", (owner,)).rowcount
-            self._db.execute("VACUUM data_keys")
+            self._db.execute("VACUUM FULL data_keys")
         return deleted > 0
 
     def all(self) -> list[tuple[str, bytes]]:
@@ -54,14 +56,14 @@ class PostgresKeyTable:
             ]
 
     def replace_all(self, rows: list[tuple[str, bytes, str]]) -> None:
-        """Re-wrapped keys (owner, wrapped, key id), all in one transaction, then vacuumed."""
+        """Re-wrapped keys (owner, wrapped, key id), all in one transaction; then the table is rewritten."""
         with self._lock:
             with self._db.transaction(), self._db.cursor() as cursor:
                 cursor.executemany(
                     "UPDATE data_keys SET wrapped=%s, key_id=%s WHERE owner=%s",
                     [(w, k, o) for o, w, k in rows],
                 )
-            self._db.execute("VACUUM data_keys")
+            self._db.execute("VACUUM FULL data_keys")
 
     def close(self) -> None:
         with self._lock:
