@@ -58,10 +58,11 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, data_dir: Path) -> Backend:
-    """Each storage backend in turn: its main database and key store (see tests/storage_backends.py)."""
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each storage backend in turn: its main database and key store (see tests/storage_backends.py).
+    SQLite's files go to the `data_dir` path, created only when used."""
     if request.param == "sqlite":
-        return SqliteBackend(data_dir)
+        return SqliteBackend(tmp_path / "data")
     return PostgresBackend(request.getfixturevalue("postgres_server"))
 
 

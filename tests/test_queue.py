@@ -9,6 +9,7 @@ import pytest
 from engine.clock import FakeClock
 from engine.db import Database, Tables
 from engine.queue import DEFAULT_DURATIONS, Job, JobQueue, QueuePosition
+from tests.storage_backends import Backend
 
 LEASE = 60.0
 BACKOFF = 10.0
@@ -132,6 +133,33 @@ async def test_expired_lease_is_taken_over(queue: JobQueue, fake_clock: FakeCloc
     assert await queue.is_current(current)
     assert await queue.heartbeat(current, 0.5, "training")
     assert await queue.finish(current)
+
+
+async def test_a_takeover_waits_for_the_results_being_written(
+    backend: Backend, db: Database, queue: JobQueue, fake_clock: FakeClock
+) -> None:
+    """Results written in a transaction that checked `is_current` are the owner's: a worker in another
+    process taking over the expired lease meanwhile does not get the job before they are committed."""
+    await queue.enqueue(ALICE, "train")
+    stale = await claim(queue, "w1")
+    fake_clock.advance(LEASE + 1)  # the lease expired: another worker may take the job over
+    elsewhere = await backend.open_db(fake_clock)
+    other = JobQueue(elsewhere, lease_seconds=LEASE, max_attempts=3, backoff_seconds=BACKOFF)
+    events: list[str] = []
+
+    async def take_over() -> None:
+        events.append("taken over" if await other.claim("w2") else "skipped")
+
+    try:
+        async with db.transaction():
+            assert await queue.is_current(stale)
+            racing = asyncio.create_task(take_over())
+            await asyncio.sleep(0.5)  # time enough for the other worker's claim
+            events.append("results written")
+        await asyncio.wait_for(racing, 30)
+    finally:
+        await elsewhere.close()
+    assert "taken over" not in events[: events.index("results written")], events
 
 
 async def test_too_many_lost_leases_fail_the_job(queue: JobQueue, fake_clock: FakeClock) -> None:

@@ -138,7 +138,9 @@ JOB_LEASE = (
 JOB_HEARTBEAT = (
     "UPDATE jobs SET lease_until=?, progress=?, stage=? WHERE id=? AND state='running' AND attempts=?"
 )
-JOB_IS_CURRENT = "SELECT 1 FROM jobs WHERE id=? AND state='running' AND attempts=?"
+# Locks the row until the results' transaction ends: a takeover of an expired lease (which skips locked
+# rows) or a cancellation waits, so results are written only while this attempt owns the job.
+JOB_IS_CURRENT = "SELECT 1 FROM jobs WHERE id=? AND state='running' AND attempts=? FOR UPDATE"
 JOB_FINISH = (
     "UPDATE jobs SET state='done', progress=1, stage='done', finished_at=?, lease_until=NULL "
     "WHERE id=? AND state='running' AND attempts=?"
