@@ -323,6 +323,36 @@ def test_failed_rotation_changes_nothing(
     again.close()
 
 
+def test_rotate_master_key_command(
+    backend_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m engine rotate-master-key` on the deployment's key store: the new key opens every blob,
+    the old one opens nothing (a configured key is printed, a key file is replaced)."""
+    from engine.__main__ import rotate_master_key
+    from engine.vault import open_vault
+    from tests.tiny_settings import tiny_settings
+
+    settings = tiny_settings(tmp_path / "data", **backend_env)
+    old = load_or_create_master_key(settings.master_key, settings.data_dir)
+    vault = open_vault(settings, old)
+    vault.put(OWNER, "photo", "p1", b"one")
+    vault.close()
+
+    assert rotate_master_key(settings) == 0
+    printed = capsys.readouterr().out
+    if settings.master_key:
+        new = decode_master_key(printed.strip().splitlines()[-1])
+    else:
+        new = load_or_create_master_key("", settings.data_dir)
+        assert encode_master_key(new) not in printed
+    assert new != old
+    with pytest.raises(MasterKeyError):
+        open_vault(settings, old)
+    rotated = open_vault(settings, new)
+    assert rotated.get(OWNER, "photo", "p1") == b"one"
+    rotated.close()
+
+
 def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     data_dir = tmp_path / "fresh"
     key = load_or_create_master_key("", data_dir)
