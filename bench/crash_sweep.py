@@ -26,11 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import faces_data as fd  # noqa: E402
-from tests.certs import make_test_chain  # noqa: E402
+from tests.bot_process import Process, bot_environment, read_db  # noqa: E402
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage  # noqa: E402
 
 ANSWER_WAIT = (
@@ -62,57 +58,6 @@ class Totals:
     missed_deadlines: int = 0
     plaintext: int = 0
     seconds: list[float] = field(default_factory=list)
-
-
-class Process:
-    """One `python -m bot` or `python -m engine worker` child, restartable."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.args, self.env, self.log = args, env, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        handle = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, *self.args], env=self.env, cwd=ROOT, stdout=handle, stderr=handle
-        )
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def environment(fake: FakeTelegram, data_dir: Path, certs: Path, embedded: bool) -> dict[str, str]:
-    chain = make_test_chain(certs)
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "LIKENESS_DATA_DIR": str(data_dir),
-        "LIKENESS_ENGINE_MODEL": "tiny",
-        "LIKENESS_ENGINE_DEVICE": "cpu",
-        "LIKENESS_ENGINE_TRAIN_STEPS": "5",
-        "LIKENESS_ENGINE_IMAGES_PER_REQUEST": "2",
-        "LIKENESS_ENGINE_POLL_INTERVAL": "0.2",
-        "LIKENESS_ENGINE_LEASE": "6s",
-        "LIKENESS_ENGINE_EMBEDDED_WORKER": "true" if embedded else "false",
-        "LIKENESS_UPLOAD_MIN_PHOTOS": "3",
-        "LIKENESS_RETENTION_SWEEP_INTERVAL": f"{SWEEP:.0f}s",
-        "LIKENESS_TELEGRAM_TOKEN": fake.token,
-        "LIKENESS_TELEGRAM_API_URL": fake.base_url,
-        "LIKENESS_PROVENANCE_C2PA_CERT": str(chain.cert),
-        "LIKENESS_PROVENANCE_C2PA_KEY": str(chain.key),
-        "LIKENESS_LOG_LEVEL": "WARNING",
-    }
 
 
 class Driver:
@@ -176,15 +121,12 @@ async def killer(proc: Process, at: float, totals: Totals, ready_wait: float = 0
 
 def settle_counts(data_dir: Path, photos: tuple[bytes, ...]) -> dict[str, int]:
     """Stuck jobs, pending deliveries, overdue deadlines, and plaintext files, read from the data dir."""
-    db = sqlite3.connect(f"file:{data_dir / 'likeness.sqlite3'}?mode=ro", uri=True)
-    try:
-        stuck = db.execute("SELECT count(*) FROM jobs WHERE state IN ('queued','running')").fetchone()[0]
-        stuck += db.execute("SELECT count(*) FROM deliveries WHERE state='pending'").fetchone()[0]
-        overdue = db.execute(
-            "SELECT count(*) FROM deadlines WHERE due_at < ?", (time.time() - SWEEP - 60,)
-        ).fetchone()[0]
-    finally:
-        db.close()
+    [(stuck,)] = read_db(data_dir, "SELECT count(*) FROM jobs WHERE state IN ('queued','running')")
+    [(pending,)] = read_db(data_dir, "SELECT count(*) FROM deliveries WHERE state='pending'")
+    stuck += pending
+    [(overdue,)] = read_db(
+        data_dir, "SELECT count(*) FROM deadlines WHERE due_at < ?", (time.time() - SWEEP - 60,)
+    )
     return {"stuck": stuck, "missed_deadlines": overdue, "plaintext": plaintext_files(data_dir, photos)}
 
 
@@ -212,7 +154,7 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
     try:
         for target in sorted(set(targets)):
             embedded = target == "bot"
-            env = environment(fake, data_dir / target, certs, embedded)
+            env = bot_environment(fake, data_dir / target, certs, embedded, SWEEP)
             (data_dir / target).mkdir(exist_ok=True)
             processes[f"{target}:bot"] = Process(["-m", "bot"], env, work / f"{target}-bot.log")
             if not embedded:
