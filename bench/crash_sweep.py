@@ -203,14 +203,17 @@ def plaintext_files(data_dir: Path, photos: tuple[bytes, ...]) -> int:
 async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Totals:
     rng = random.Random(seed)
     totals = Totals()
-    fake = FakeTelegram()
-    await fake.start()
+    # One fake Telegram per deployment: two bots polling one token would take each other's updates
+    # (real Telegram answers the second poller 409 Conflict).
+    fakes = {target: FakeTelegram() for target in sorted(set(targets))}
+    for fake in fakes.values():
+        await fake.start()
     data_dir, certs = work / "data", work / "certs"
     data_dir.mkdir(parents=True, exist_ok=True)
     certs.mkdir(exist_ok=True)
     processes: dict[str, Process] = {}
     try:
-        for target in sorted(set(targets)):
+        for target, fake in fakes.items():
             embedded = target == "bot"
             env = environment(fake, data_dir / target, certs, embedded)
             (data_dir / target).mkdir(exist_ok=True)
@@ -222,6 +225,7 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
         flow_seconds: dict[str, float] = {}
         for number in range(rounds):
             target = targets[number % len(targets)]
+            fake = fakes[target]
             for key, proc in processes.items():
                 if key.startswith(target + ":") and proc.proc is None:
                     proc.start()
@@ -250,7 +254,7 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
                 flush=True,
             )
         await asyncio.sleep(SWEEP + 2)  # let the last deliveries and deadlines settle
-        for target in sorted(set(targets)):
+        for target in fakes:
             counts = settle_counts(data_dir / target, fd.same_person_photos())
             totals.stuck += counts["stuck"]
             totals.missed_deadlines += counts["missed_deadlines"]
@@ -258,7 +262,8 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
     finally:
         for proc in processes.values():
             proc.stop()
-        await fake.stop()
+        for fake in fakes.values():
+            await fake.stop()
     return totals
 
 
