@@ -6,7 +6,8 @@ the same data dir, and count what went wrong.
 
 Each round is one new user doing /start → consent → album → train → style → portraits against the fake
 Telegram server (real HTTP, real `python -m bot` / `python -m engine worker` processes, tiny model on CPU).
-A killer task sends SIGKILL at a time drawn uniformly from [0, T] (T: the first, unkilled round's length)
+A killer task sends SIGKILL at a time drawn uniformly from [0, T] (T: the median length of this target's
+rounds without a kill so far; the first round of each target is one)
 and restarts the process. The user behaves like a person: an action that gets no answer within a while is
 counted as a *silent drop* and done again.
 
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -145,14 +147,17 @@ def plaintext_files(data_dir: Path, photos: tuple[bytes, ...]) -> int:
 async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Totals:
     rng = random.Random(seed)
     totals = Totals()
-    fake = FakeTelegram()
-    await fake.start()
+    # One fake Telegram per deployment: two bots polling one token would take each other's updates
+    # (real Telegram answers the second poller 409 Conflict).
+    fakes = {target: FakeTelegram() for target in sorted(set(targets))}
+    for fake in fakes.values():
+        await fake.start()
     data_dir, certs = work / "data", work / "certs"
     data_dir.mkdir(parents=True, exist_ok=True)
     certs.mkdir(exist_ok=True)
     processes: dict[str, Process] = {}
     try:
-        for target in sorted(set(targets)):
+        for target, fake in fakes.items():
             embedded = target == "bot"
             env = bot_environment(fake, data_dir / target, certs, embedded, SWEEP)
             (data_dir / target).mkdir(exist_ok=True)
@@ -161,38 +166,41 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
                 processes[f"{target}:worker"] = Process(
                     ["-m", "engine", "worker"], env, work / f"{target}-worker.log"
                 )
-        flow_seconds: dict[str, float] = {}
+        unkilled_seconds: dict[str, list[float]] = {target: [] for target in fakes}
         for number in range(rounds):
             target = targets[number % len(targets)]
+            fake = fakes[target]
             for key, proc in processes.items():
                 if key.startswith(target + ":") and proc.proc is None:
                     proc.start()
             victim = processes[f"{target}:{'bot' if target == 'bot' else 'worker'}"]
             user = fake.user(10_000 + number)
             driver = Driver(fake, user, totals)
-            calibrating = target not in flow_seconds
-            at = None if calibrating else rng.uniform(0, flow_seconds[target])
+            calm = unkilled_seconds[target]
+            at = rng.uniform(0, statistics.median(calm)) if calm else None
             kill = asyncio.create_task(killer(victim, at, totals)) if at is not None else None
             started = time.monotonic()
             ok = await driver.run()
             elapsed = time.monotonic() - started
+            landed = kill is not None and kill.done()
+            if not landed:
+                calm.append(elapsed)  # no kill landed: a sample of the undisturbed flow's length
             if kill is not None:
                 kill.cancel()  # a kill drawn after the flow ended is not counted
-            if calibrating:
-                flow_seconds[target] = elapsed
             totals.rounds += 1
             totals.lost += 0 if ok else 1
             totals.duplicates += driver.duplicates()
             totals.seconds.append(round(elapsed, 1))
             print(
-                f"round {number + 1}/{rounds} target={target} kill_at={'-' if at is None else f'{at:.1f}s'} "
+                f"round {number + 1}/{rounds} target={target} "
+                f"kill_at={'-' if at is None else f'{at:.1f}s' + ('' if landed else '(after the end)')} "
                 f"ok={ok} duplicates={driver.duplicates()} silent_drops={totals.silent_drops} "
                 f"portraits={len(driver.portraits())} messages={len(fake.messages(user.id))} "
                 f"{elapsed:.1f}s",
                 flush=True,
             )
         await asyncio.sleep(SWEEP + 2)  # let the last deliveries and deadlines settle
-        for target in sorted(set(targets)):
+        for target in fakes:
             counts = settle_counts(data_dir / target, fd.same_person_photos())
             totals.stuck += counts["stuck"]
             totals.missed_deadlines += counts["missed_deadlines"]
@@ -200,7 +208,8 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
     finally:
         for proc in processes.values():
             proc.stop()
-        await fake.stop()
+        for fake in fakes.values():
+            await fake.stop()
     return totals
 
 
