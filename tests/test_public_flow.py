@@ -319,7 +319,13 @@ async def test_invite_and_operator_console_on_discord(discord_fake: FakeDiscord,
         code = re.search(r"Invite code (\S+):", invite.content).group(1)
         assert f"/start code:{code}" in invite.content
         await anna.slash("start", {"code": code})
-        await fake.wait_for(lambda: [m for m in dms(anna, "Do you agree?") if "consent:yes" in m.custom_ids])
+        await fake.wait_for(
+            lambda: [
+                m
+                for m in dms(anna, "Do you agree?")
+                if any(c.startswith("consent:yes-") for c in m.custom_ids)
+            ]
+        )
 
         await operator.send_dm("/ops pause")
         await fake.wait_for(lambda: dms(operator, "paused"))
