@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from engine.clock import FakeClock
-from engine.db import Database, Tables
+from engine.db import USER_TABLES, Database, Tables
 from engine.queue import DEFAULT_DURATIONS, Job, JobQueue, QueuePosition
 from tests.storage_backends import Backend
 
@@ -160,6 +160,33 @@ async def test_a_takeover_waits_for_the_results_being_written(
     finally:
         await elsewhere.close()
     assert "taken over" not in events[: events.index("results written")], events
+
+
+async def test_an_erase_waits_for_the_results_being_written(
+    backend: Backend, db: Database, queue: JobQueue, fake_clock: FakeClock
+) -> None:
+    """/forget in another process while a worker commits a job's results: the erase sees them and deletes
+    them too (no row is left, no foreign key stops the erase), or the results are not written at all."""
+    await queue.enqueue(ALICE, "train")
+    job = await claim(queue, "w1")
+    await queue.enqueue(ALICE, "generate")
+    elsewhere = await backend.open_db(fake_clock)
+    try:
+        async with db.transaction():
+            assert await queue.is_current(job)
+            erase = asyncio.create_task(Tables(elsewhere).users.erase(ALICE))
+            await asyncio.sleep(0.5)  # time enough for the erase to run as far as it can
+            await Tables(db).outputs.add("output-1", ALICE, job.id, "headshot", 0)
+            await Tables(db).deliveries.add(ALICE, job.id, "portraits")
+            assert await queue.finish(job)
+        counts = await asyncio.wait_for(erase, 30)
+    finally:
+        await elsewhere.close()
+    assert counts["users"] == 1
+    leftovers = {
+        t: await db.fetchall(f"SELECT * FROM {t} WHERE user_id=?", (ALICE,)) for t in USER_TABLES[:-1]
+    }
+    assert not any(leftovers.values()), leftovers
 
 
 async def test_too_many_lost_leases_fail_the_job(queue: JobQueue, fake_clock: FakeClock) -> None:

@@ -49,6 +49,9 @@ class Users:
         """Delete every row of one user in one transaction; returns counts per table."""
         counts: dict[str, int] = {}
         async with self.db.transaction():
+            await self.db.fetchall(
+                self.db.sql.USER_ERASE_LOCK, (user_id,)
+            )  # results being written finish first
             for table in USER_TABLES:
                 counts[table] = await self.db.execute(self.db.sql.USER_ERASE[table], (user_id,))
         await self.db.compact()

@@ -16,6 +16,9 @@ USER_SET_MESSAGE_RETENTION = "UPDATE users SET message_retention=? WHERE id=?"
 USER_LANGUAGES = "SELECT language, platform_language FROM users WHERE id=?"
 USER_SET_LANGUAGE = "UPDATE users SET language=? WHERE id=?"
 USER_SET_PLATFORM_LANGUAGE = "UPDATE users SET platform_language=? WHERE id=?"
+# A worker writing results holds its job row (JOB_IS_CURRENT ... FOR UPDATE): the erase takes the
+# user's job rows first, so it waits for those results and then deletes them too.
+USER_ERASE_LOCK = "SELECT id FROM jobs WHERE user_id=? FOR UPDATE"
 USER_ERASE = {  # table -> statement deleting one user's rows
     "sent_messages": "DELETE FROM sent_messages WHERE user_id=?",
     "deliveries": "DELETE FROM deliveries WHERE user_id=?",

@@ -14,6 +14,8 @@ USER_SET_MESSAGE_RETENTION = "UPDATE users SET message_retention=? WHERE id=?"
 USER_LANGUAGES = "SELECT language, platform_language FROM users WHERE id=?"
 USER_SET_LANGUAGE = "UPDATE users SET language=? WHERE id=?"
 USER_SET_PLATFORM_LANGUAGE = "UPDATE users SET platform_language=? WHERE id=?"
+# SQLite runs one writer at a time: no results can commit in the middle of an erase.
+USER_ERASE_LOCK = "SELECT id FROM jobs WHERE user_id=?"
 USER_ERASE = {  # table -> statement deleting one user's rows
     "sent_messages": "DELETE FROM sent_messages WHERE user_id=?",
     "deliveries": "DELETE FROM deliveries WHERE user_id=?",
