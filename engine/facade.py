@@ -235,7 +235,7 @@ class Engine:
         return self.pseudonyms.user(platform, platform_user_id)
 
     def user_lock(self, user_id: str) -> asyncio.Lock:
-        """Serialises one user's uploads and erasure inside this process."""
+        """Serialises one user's uploads, consent and erasure inside this process."""
         return self._user_locks.setdefault(user_id, asyncio.Lock())
 
     # -- users and consent ----------------------------------------------------------------------------
@@ -286,10 +286,12 @@ class Engine:
         attested: str,
         language: str = "en",
     ) -> None:
-        """Record consent to `policy_version` of the policy in `language`, with what was attested."""
-        await self.touch_user(user_id, platform, chat)
-        await self.tables.consents.give(user_id, policy_version, language, attested)
-        await self.tables.audit.add("consent_given", policy_version=policy_version, language=language)
+        """Record consent to `policy_version` of the policy in `language`, with what was attested.
+        Under the user's lock: an erasure of the same user (/forget) waits for it, never splits it."""
+        async with self.user_lock(user_id):
+            await self.touch_user(user_id, platform, chat)
+            await self.tables.consents.give(user_id, policy_version, language, attested)
+            await self.tables.audit.add("consent_given", policy_version=policy_version, language=language)
 
     # -- photos ---------------------------------------------------------------------------------------
     def check_size(self, size: int | None) -> Rejected | None:
