@@ -81,6 +81,14 @@ MAX_INVITE_VALIDITY = 365 * 86400.0
 BlockOutcome = str  # "blocked" | "unblocked" | "unchanged" | "unknown" | "invalid"
 
 
+@dataclass
+class _UserLock:
+    """One user's lock and how many tasks hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(frozen=True)
 class PhotoResult:
     outcome: Accepted | Rejected
@@ -199,7 +207,7 @@ class Engine:
             max_pixels=settings.upload.max_pixels,
             min_side=settings.upload.min_side,
         )
-        self._user_locks: dict[str, asyncio.Lock] = {}
+        self._user_locks: dict[str, _UserLock] = {}
         # platform -> how long it lets a bot delete its messages; registered by the front-ends
         self.message_caps: dict[str, float] = {}
 
@@ -234,9 +242,19 @@ class Engine:
     def pseudonym(self, platform: str, platform_user_id: str | int) -> str:
         return self.pseudonyms.user(platform, platform_user_id)
 
-    def user_lock(self, user_id: str) -> asyncio.Lock:
-        """Serialises one user's uploads, consent and erasure inside this process."""
-        return self._user_locks.setdefault(user_id, asyncio.Lock())
+    @asynccontextmanager
+    async def user_lock(self, user_id: str) -> AsyncIterator[None]:
+        """Serialises one user's uploads, consent and erasure inside this process. The lock is forgotten
+        once no task holds or awaits it (forgetting it earlier would let a newcomer run beside a waiter)."""
+        entry = self._user_locks.setdefault(user_id, _UserLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._user_locks[user_id]
 
     # -- users and consent ----------------------------------------------------------------------------
     async def touch_user(self, user_id: str, platform: str, chat: dict[str, Any] | None = None) -> None:
@@ -804,7 +822,6 @@ class Engine:
                 "erasure", receipt=receipt.receipt_id, **{k.replace(" ", "_"): v for k, v in counts.items()}
             )
             await self.store.compact()
-            self._user_locks.pop(user_id, None)
             for artifact, count in (("photo", rows["photos"]), ("adapter", rows["adapters"])):
                 self.metrics.deletions.labels(artifact).inc(count)
             self.metrics.deletions.labels("output").inc(rows["outputs"])

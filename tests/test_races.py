@@ -38,3 +38,41 @@ async def test_forget_during_consent_waits_for_it_then_erases_it(tmp_path: Path)
         assert await engine.consent(user) is None  # the later erasure wins, as ordered
     finally:
         await engine.close()
+
+
+async def test_a_second_forget_waits_for_a_consent_that_waited_for_the_first(tmp_path: Path) -> None:
+    """The per-user lock outlives an erasure while others await it (a replayed "forget: yes" press)."""
+    engine = await Engine.open(tiny_settings(tmp_path))
+    try:
+        user = engine.pseudonym("telegram", 1)
+        await engine.give_consent(user, "telegram", CHAT, "en-1", "The photos are of me.")
+        cancel_user, ensure = engine.queue.cancel_user, engine.tables.users.ensure
+        first_forget_may_go = asyncio.Event()
+        forgets: list[asyncio.Task] = []
+
+        async def paused_cancel_user(*args, **kwargs):
+            if len(forgets) == 1:
+                await first_forget_may_go.wait()
+            return await cancel_user(*args, **kwargs)
+
+        async def ensure_then_forget(*args, **kwargs):
+            created = await ensure(*args, **kwargs)
+            if len(forgets) == 1:  # the replayed press: a second erasure, right now
+                forgets.append(asyncio.create_task(engine.forget(user)))
+                await asyncio.wait(forgets[1:], timeout=2.0)
+            return created
+
+        engine.queue.cancel_user = paused_cancel_user
+        forgets.append(asyncio.create_task(engine.forget(user)))  # holds the lock, paused
+        await asyncio.sleep(0.05)
+        consent = asyncio.create_task(engine.give_consent(user, "telegram", CHAT, "en-1", "Mine."))
+        await asyncio.sleep(0.05)  # the consent now awaits the first erasure's lock
+        engine.tables.users.ensure = ensure_then_forget
+        first_forget_may_go.set()
+        await forgets[0]
+        await consent  # raised IntegrityError when the first erasure dropped the lock others awaited
+        await forgets[1]
+        assert await engine.consent(user) is None
+        assert engine._user_locks == {}  # nothing kept for an erased user
+    finally:
+        await engine.close()
