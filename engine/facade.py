@@ -332,6 +332,8 @@ class Engine:
     async def add_photo(self, user_id: str, data: bytes) -> PhotoResult:
         """Check one photo and, if accepted, store its sealed face crop with a deadline."""
         async with self.user_lock(user_id):
+            if await self.tables.users.get(user_id) is None:  # erased (/forget) since consent was checked
+                return PhotoResult(Rejected("erased", {}), 0)
             count = await self.photo_count(user_id)
             if count >= self.settings.upload.max_photos:
                 return PhotoResult(

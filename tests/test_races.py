@@ -76,3 +76,21 @@ async def test_a_second_forget_waits_for_a_consent_that_waited_for_the_first(tmp
         assert engine._user_locks == {}  # nothing kept for an erased user
     finally:
         await engine.close()
+
+
+async def test_a_photo_arriving_after_forget_is_not_stored(tmp_path: Path) -> None:
+    """The upload checked consent, then the same user's /forget ran before the photo was stored."""
+    from tests import faces_data as fd
+
+    engine = await Engine.open(tiny_settings(tmp_path))
+    try:
+        user = engine.pseudonym("telegram", 1)
+        await engine.give_consent(user, "telegram", CHAT, "en-1", "The photos are of me.")
+        await engine.touch_user(user, "telegram", CHAT)  # what the upload does before storing each photo
+        await engine.forget(user)
+        result = await engine.add_photo(user, fd.encode(fd.astronaut(), "JPEG", quality=90))
+        assert result.outcome.code == "erased" and result.count == 0
+        assert await engine.photo_count(user) == 0
+        assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    finally:
+        await engine.close()
