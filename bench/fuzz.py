@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,18 @@ def _to_chat(method: str, params: dict[str, Any]) -> int | None:
         return None
 
 
+def _where(record: logging.LogRecord) -> str:
+    """The project's frames of a record's exception, innermost last (file:line, no values)."""
+    if not record.exc_info or record.exc_info[2] is None:
+        return ""
+    frames = [
+        f"{Path(frame.filename).relative_to(ROOT)}:{frame.lineno}"
+        for frame in traceback.extract_tb(record.exc_info[2])
+        if frame.filename.startswith(str(ROOT)) and "/.venv/" not in frame.filename
+    ]
+    return " at " + " > ".join(frames) if frames else ""
+
+
 def plaintext_files(data_dir: Path) -> int:
     found = 0
     for path in data_dir.rglob("*"):
@@ -339,8 +352,10 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
         root.removeHandler(handler)
         root.removeHandler(keep)
     text = stream.getvalue()
-    for kind in sorted({f"{r.name}: {r.msg} [{(r.exc_text or '-').splitlines()[-1]}]" for r in records}):
-        print("error record:", kind, flush=True)  # templates and exception types only
+    for kind in sorted(
+        {f"{r.name}: {r.msg} [{(r.exc_text or '-').splitlines()[-1]}]{_where(r)}" for r in records}
+    ):
+        print("error record:", kind, flush=True)  # templates, exception types and code lines only
     tracebacks = len(records) + text.count("Traceback")
     leaked = sum(1 for secret in set(run.secrets) if secret in text)
     latencies = sorted(run.latencies) or [0.0]
