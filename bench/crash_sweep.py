@@ -6,7 +6,8 @@ the same data dir, and count what went wrong.
 
 Each round is one new user doing /start → consent → album → train → style → portraits against the fake
 Telegram server (real HTTP, real `python -m bot` / `python -m engine worker` processes, tiny model on CPU).
-A killer task sends SIGKILL at a time drawn uniformly from [0, T] (T: the first, unkilled round's length)
+A killer task sends SIGKILL at a time drawn uniformly from [0, T] (T: the median length of this target's
+rounds without a kill so far; the first round of each target is one)
 and restarts the process. The user behaves like a person: an action that gets no answer within a while is
 counted as a *silent drop* and done again.
 
@@ -26,11 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
-import sqlite3
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import faces_data as fd  # noqa: E402
-from tests.certs import make_test_chain  # noqa: E402
+from tests.bot_process import Process, bot_environment, read_db  # noqa: E402
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage  # noqa: E402
 
 ANSWER_WAIT = (
@@ -62,57 +60,6 @@ class Totals:
     missed_deadlines: int = 0
     plaintext: int = 0
     seconds: list[float] = field(default_factory=list)
-
-
-class Process:
-    """One `python -m bot` or `python -m engine worker` child, restartable."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.args, self.env, self.log = args, env, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        handle = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, *self.args], env=self.env, cwd=ROOT, stdout=handle, stderr=handle
-        )
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def environment(fake: FakeTelegram, data_dir: Path, certs: Path, embedded: bool) -> dict[str, str]:
-    chain = make_test_chain(certs)
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "LIKENESS_DATA_DIR": str(data_dir),
-        "LIKENESS_ENGINE_MODEL": "tiny",
-        "LIKENESS_ENGINE_DEVICE": "cpu",
-        "LIKENESS_ENGINE_TRAIN_STEPS": "5",
-        "LIKENESS_ENGINE_IMAGES_PER_REQUEST": "2",
-        "LIKENESS_ENGINE_POLL_INTERVAL": "0.2",
-        "LIKENESS_ENGINE_LEASE": "6s",
-        "LIKENESS_ENGINE_EMBEDDED_WORKER": "true" if embedded else "false",
-        "LIKENESS_UPLOAD_MIN_PHOTOS": "3",
-        "LIKENESS_RETENTION_SWEEP_INTERVAL": f"{SWEEP:.0f}s",
-        "LIKENESS_TELEGRAM_TOKEN": fake.token,
-        "LIKENESS_TELEGRAM_API_URL": fake.base_url,
-        "LIKENESS_PROVENANCE_C2PA_CERT": str(chain.cert),
-        "LIKENESS_PROVENANCE_C2PA_KEY": str(chain.key),
-        "LIKENESS_LOG_LEVEL": "WARNING",
-    }
 
 
 class Driver:
@@ -176,15 +123,12 @@ async def killer(proc: Process, at: float, totals: Totals, ready_wait: float = 0
 
 def settle_counts(data_dir: Path, photos: tuple[bytes, ...]) -> dict[str, int]:
     """Stuck jobs, pending deliveries, overdue deadlines, and plaintext files, read from the data dir."""
-    db = sqlite3.connect(f"file:{data_dir / 'likeness.sqlite3'}?mode=ro", uri=True)
-    try:
-        stuck = db.execute("SELECT count(*) FROM jobs WHERE state IN ('queued','running')").fetchone()[0]
-        stuck += db.execute("SELECT count(*) FROM deliveries WHERE state='pending'").fetchone()[0]
-        overdue = db.execute(
-            "SELECT count(*) FROM deadlines WHERE due_at < ?", (time.time() - SWEEP - 60,)
-        ).fetchone()[0]
-    finally:
-        db.close()
+    [(stuck,)] = read_db(data_dir, "SELECT count(*) FROM jobs WHERE state IN ('queued','running')")
+    [(pending,)] = read_db(data_dir, "SELECT count(*) FROM deliveries WHERE state='pending'")
+    stuck += pending
+    [(overdue,)] = read_db(
+        data_dir, "SELECT count(*) FROM deadlines WHERE due_at < ?", (time.time() - SWEEP - 60,)
+    )
     return {"stuck": stuck, "missed_deadlines": overdue, "plaintext": plaintext_files(data_dir, photos)}
 
 
@@ -203,54 +147,60 @@ def plaintext_files(data_dir: Path, photos: tuple[bytes, ...]) -> int:
 async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Totals:
     rng = random.Random(seed)
     totals = Totals()
-    fake = FakeTelegram()
-    await fake.start()
+    # One fake Telegram per deployment: two bots polling one token would take each other's updates
+    # (real Telegram answers the second poller 409 Conflict).
+    fakes = {target: FakeTelegram() for target in sorted(set(targets))}
+    for fake in fakes.values():
+        await fake.start()
     data_dir, certs = work / "data", work / "certs"
     data_dir.mkdir(parents=True, exist_ok=True)
     certs.mkdir(exist_ok=True)
     processes: dict[str, Process] = {}
     try:
-        for target in sorted(set(targets)):
+        for target, fake in fakes.items():
             embedded = target == "bot"
-            env = environment(fake, data_dir / target, certs, embedded)
+            env = bot_environment(fake, data_dir / target, certs, embedded, SWEEP)
             (data_dir / target).mkdir(exist_ok=True)
             processes[f"{target}:bot"] = Process(["-m", "bot"], env, work / f"{target}-bot.log")
             if not embedded:
                 processes[f"{target}:worker"] = Process(
                     ["-m", "engine", "worker"], env, work / f"{target}-worker.log"
                 )
-        flow_seconds: dict[str, float] = {}
+        unkilled_seconds: dict[str, list[float]] = {target: [] for target in fakes}
         for number in range(rounds):
             target = targets[number % len(targets)]
+            fake = fakes[target]
             for key, proc in processes.items():
                 if key.startswith(target + ":") and proc.proc is None:
                     proc.start()
             victim = processes[f"{target}:{'bot' if target == 'bot' else 'worker'}"]
             user = fake.user(10_000 + number)
             driver = Driver(fake, user, totals)
-            calibrating = target not in flow_seconds
-            at = None if calibrating else rng.uniform(0, flow_seconds[target])
+            calm = unkilled_seconds[target]
+            at = rng.uniform(0, statistics.median(calm)) if calm else None
             kill = asyncio.create_task(killer(victim, at, totals)) if at is not None else None
             started = time.monotonic()
             ok = await driver.run()
             elapsed = time.monotonic() - started
+            landed = kill is not None and kill.done()
+            if not landed:
+                calm.append(elapsed)  # no kill landed: a sample of the undisturbed flow's length
             if kill is not None:
                 kill.cancel()  # a kill drawn after the flow ended is not counted
-            if calibrating:
-                flow_seconds[target] = elapsed
             totals.rounds += 1
             totals.lost += 0 if ok else 1
             totals.duplicates += driver.duplicates()
             totals.seconds.append(round(elapsed, 1))
             print(
-                f"round {number + 1}/{rounds} target={target} kill_at={'-' if at is None else f'{at:.1f}s'} "
+                f"round {number + 1}/{rounds} target={target} "
+                f"kill_at={'-' if at is None else f'{at:.1f}s' + ('' if landed else '(after the end)')} "
                 f"ok={ok} duplicates={driver.duplicates()} silent_drops={totals.silent_drops} "
                 f"portraits={len(driver.portraits())} messages={len(fake.messages(user.id))} "
                 f"{elapsed:.1f}s",
                 flush=True,
             )
         await asyncio.sleep(SWEEP + 2)  # let the last deliveries and deadlines settle
-        for target in sorted(set(targets)):
+        for target in fakes:
             counts = settle_counts(data_dir / target, fd.same_person_photos())
             totals.stuck += counts["stuck"]
             totals.missed_deadlines += counts["missed_deadlines"]
@@ -258,7 +208,8 @@ async def sweep(rounds: int, targets: list[str], seed: int, work: Path) -> Total
     finally:
         for proc in processes.values():
             proc.stop()
-        await fake.stop()
+        for fake in fakes.values():
+            await fake.stop()
     return totals
 
 

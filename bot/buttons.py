@@ -29,7 +29,7 @@ Rows = tuple[tuple[Button, ...], ...]
 class Route(StrEnum):
     """Every kind of button, by the name its data carries."""
 
-    CONSENT = "consent"  # yes | no
+    CONSENT = "consent"  # yes-<policy version> | no (plain `yes`: buttons sent before versions)
     TRAIN = "train"
     STYLE = "style"  # a preset key
     STYLES = "styles"  # show the style picker again
@@ -82,7 +82,10 @@ class Buttons:
         return Button(self.t.button(label_key), encode(route, arg))
 
     def consent(self) -> Rows:
-        return ((self._one("agree", Route.CONSENT, "yes"), self._one("decline", Route.CONSENT, "no")),)
+        """Agree / decline. "Agree" names the policy version it is shown with (`yes-<version>`), so a press
+        records consent to the text the user read, even after switching language or a policy update."""
+        agree = self._one("agree", Route.CONSENT, f"yes-{self.t.policy_version}")
+        return ((agree, self._one("decline", Route.CONSENT, "no")),)
 
     def train(self) -> Rows:
         return ((self._one("train", Route.TRAIN),),)

@@ -222,7 +222,8 @@ def locale_of(interaction: discord.Interaction) -> str:
 
 
 class DescriptionTranslator(app_commands.Translator):
-    """Command descriptions in every language Discord offers that we have texts for; names stay English."""
+    """Command and option descriptions in every language Discord offers that we have texts for; names stay
+    English."""
 
     def __init__(self, texts: Texts):
         self.texts = texts
@@ -233,12 +234,14 @@ class DescriptionTranslator(app_commands.Translator):
         locale: discord.Locale,
         context: app_commands.TranslationContext,
     ) -> str | None:
-        if context.location is not app_commands.TranslationContextLocation.command_description:
-            return None
         code = self.texts.resolve(locale.value)
         if code == DEFAULT_LANGUAGE:
             return None
-        return self.texts[code].command(string.extras["command"])
+        if context.location is app_commands.TranslationContextLocation.command_description:
+            return self.texts[code].command(string.extras["command"])
+        if context.location is app_commands.TranslationContextLocation.parameter_description:
+            return self.texts[code].discord(string.extras["parameter"])
+        return None
 
 
 async def by_dm_user(interaction: discord.Interaction) -> bool:
@@ -322,7 +325,9 @@ class DiscordFrontend:
             await self.on_command(interaction, name, code or "")
 
         if name == "start":  # `/start code:<invite code>`
-            callback = app_commands.describe(code="An invite code, if you were given one")(start_callback)
+            english_code = self.conversation.t.default.discord("start_code")
+            code = app_commands.locale_str(english_code, parameter="start_code")  # localised, as above
+            callback = app_commands.describe(code=code)(start_callback)
         command = app_commands.Command(name=name, description=description, callback=callback)
         command = app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)(command)
         return app_commands.allowed_installs(guilds=True, users=True)(command)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,10 @@ def one_of(*allowed: str) -> Callable[[str], bool]:
     return lambda arg: arg in allowed
 
 
+def consent_answer(arg: str) -> bool:
+    return arg in ("yes", "no") or re.fullmatch(r"yes-[0-9a-f]{16}", arg) is not None
+
+
 def some_id(arg: str) -> bool:
     return arg != ""  # the codec already bounds its length and alphabet
 
@@ -91,7 +96,7 @@ class Conversation:
             "language": self.language,
         }
         self._routes: dict[Route, ButtonRoute] = {
-            Route.CONSENT: ButtonRoute(self.on_consent, one_of("yes", "no")),
+            Route.CONSENT: ButtonRoute(self.on_consent, consent_answer),
             Route.TRAIN: ButtonRoute(self.train, no_argument),
             Route.STYLE: ButtonRoute(self.on_style, lambda key: key in self.engine.presets),
             Route.STYLES: ButtonRoute(self.on_styles, no_argument),
@@ -251,18 +256,18 @@ class Conversation:
         await self.say(event.chat, Reply(self.t.policy_full(event.chat.platform)), event)
 
     async def on_consent(self, press: ButtonPress, user_id: str, answer: str) -> None:
-        """consent:yes / consent:no."""
+        """consent:yes-<policy version> / consent:no: the consent names the policy text that was shown."""
         chat = press.chat
-        if answer != "yes":
+        if answer == "no":
             await self.say(chat, Reply(self.t("declined")))
             return
+        shown = answer.removeprefix("yes-") if answer != "yes" else self.t.policy_version
+        read = next((code for code, version in self.t.policy_versions.items() if version == shown), None)
+        if read is None:  # the policy changed since these buttons were shown: show the current text
+            await self.say(chat, self.consent_reply(chat, self.t("consent_outdated")))
+            return
         await self.engine.give_consent(
-            user_id,
-            chat.platform,
-            self.address(chat),
-            self.t.policy_version,
-            self.t.attestation,
-            language=self.t.current.code,
+            user_id, chat.platform, self.address(chat), shown, self.t[read].attestation, language=read
         )
         if chat.language:  # the user has a row now: remember what the platform reports, for later messages
             await self.engine.report_language(user_id, self.t.resolve(chat.language))

@@ -1,5 +1,6 @@
-"""Whether new work (a training or a style request) may be queued now, in this order:
-blocked → paused → one unfinished style request per user → the user's quota → the queue limit.
+"""Whether new work (a training, a style request or an animated clip) may be queued now, in this order:
+blocked → paused → one unfinished style request (still or clip) per user → the user's quota of that kind →
+the queue limit.
 
 A refusal creates no job, so it uses no quota unit. When the queue is full the user is told honestly when
 to try again, from measured job durations (one worker assumed, like queue positions).
@@ -15,6 +16,8 @@ from engine.errors import Refused
 from engine.operations import Operations
 from engine.queue import JobQueue
 from engine.quotas import Quotas
+
+STYLE_KINDS = ("generate", "video")  # a style request: still portraits or one animated clip
 
 
 class Admission:
@@ -40,8 +43,8 @@ class Admission:
             raise Refused("blocked", ref=self.access.support_ref(user_id))
         if await self.ops.paused():
             raise Refused("paused")
-        if kind == "generate" and any(
-            job.kind == "generate" for job in await self.queue.active_jobs(user_id)
+        if kind in STYLE_KINDS and any(
+            job.kind in STYLE_KINDS for job in await self.queue.active_jobs(user_id)
         ):
             raise Refused("request_pending")
         await self.quotas.require(user_id, kind)

@@ -191,13 +191,13 @@ class Engine:
         self.access = Access(settings.access, self.tables, self.pseudonyms)
         # Platform ids are held only as pseudonyms once read (in `access`).
         self.settings = replace(settings, access=replace(settings.access, allow="", operators=""))
-        priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate")}
+        priors = {kind: prior_seconds(kind, settings.engine) for kind in ("train", "generate", "video")}
         self.queue = JobQueue(store, settings.engine.lease, settings.engine.max_attempts, priors=priors)
         self.queue.on_finished = lambda kind, seconds: self.metrics.job_seconds.labels(kind).observe(seconds)
         self.retention = Retention(self.tables, self.queue, vault)
         self.retention.on_deleted = lambda kind: self.metrics.deletions.labels(kind).inc()
         self.ops = Operations(self.tables, vault, self.access.support_ref)
-        self.quotas = Quotas(settings.quota, self.tables)
+        self.quotas = Quotas(settings.quota, self.tables, video=any(p.video for p in self.presets.values()))
         self.admission = Admission(
             self.tables, self.queue, self.access, self.quotas, self.ops, settings.engine.max_queued
         )
@@ -420,14 +420,15 @@ class Engine:
     async def request_portraits(self, user_id: str, preset_key: str) -> str:
         """Queue a generation job for a known preset; raises `Refused` (no_model, unknown_style, and the
         admission reasons: blocked, paused, request_pending, quota, busy). A video preset queues one
-        animated clip (job kind `video`) instead of still portraits."""
+        animated clip (job kind `video`, counted by the video quota only) instead of still portraits."""
         if preset_key not in self.presets:
             raise Refused("unknown_style")
         if not await self.has_model(user_id) and not await self.active_training(user_id):
             raise Refused("no_model")
+        kind = "video" if self.presets[preset_key].video else "generate"  # each with its own quota
         with self._counting_refusals():
-            await self.admission.require(user_id, "generate")
-        if self.presets[preset_key].video:
+            await self.admission.require(user_id, kind)
+        if kind == "video":
             return await self._enqueue(user_id, "video", {"preset": preset_key})
         payload = {"preset": preset_key, "count": self.settings.engine.images_per_request}
         return await self._enqueue(user_id, "generate", payload)

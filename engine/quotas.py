@@ -1,8 +1,9 @@
-"""Per-user allowances over rolling windows: trainings and style requests.
+"""Per-user allowances over rolling windows: trainings, style requests (still portraits) and animated clips.
 
 Units in use are the user's jobs of a kind created within the window, except cancelled and failed ones:
 a cancelled or failed job gives its unit back without any bookkeeping of its own. A unit renews when the
-oldest counted job leaves the window.
+oldest counted job leaves the window. A clip (job kind `video`) uses a unit of the video allowance only,
+not one of the style requests: the two are separate, so clips never eat into still portraits.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from engine.db import Tables
 from engine.errors import Refused
 from engine.settings import QuotaSettings, format_duration
 
-WHAT = {"train": "trainings", "generate": "style requests"}
+WHAT = {"train": "trainings", "generate": "style requests", "video": "animated clips"}
 
 
 @dataclass(frozen=True)
 class Allowance:
-    kind: str  # train | generate
+    kind: str  # train | generate | video
     limit: int
     period: float  # seconds
     used: int
@@ -35,16 +36,19 @@ def utc_text(timestamp: float) -> str:
 
 
 class Quotas:
-    def __init__(self, settings: QuotaSettings, tables: Tables):
+    def __init__(self, settings: QuotaSettings, tables: Tables, video: bool = True):
+        """`video`: whether clips are offered at all (no video allowance is shown when they are not)."""
         self.tables = tables
         self.limits = {
             "train": (settings.trainings, float(settings.trainings_period)),
             "generate": (settings.requests, float(settings.requests_period)),
         }
+        if video:
+            self.limits["video"] = (settings.videos, float(settings.videos_period))
 
     async def allowance(self, user_id: str, kind: str) -> Allowance | None:
-        """What the user has of one kind, or None when it is unlimited."""
-        limit, period = self.limits[kind]
+        """What the user has of one kind, or None when it is unlimited (or not offered)."""
+        limit, period = self.limits.get(kind, (0, 0.0))
         if limit <= 0:
             return None
         now = self.tables.db.clock.now()

@@ -156,6 +156,8 @@ class QuotaSettings:
     trainings_period: Duration
     requests: int
     requests_period: Duration
+    videos: int
+    videos_period: Duration
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ def _validate(settings: Settings) -> None:
         (settings.access.flood_burst >= 1, "LIKENESS_ACCESS_FLOOD_BURST", "must be at least 1"),
         (settings.quota.trainings >= 0, "LIKENESS_QUOTA_TRAININGS", "must be 0 (no limit) or more"),
         (settings.quota.requests >= 0, "LIKENESS_QUOTA_REQUESTS", "must be 0 (no limit) or more"),
+        (settings.quota.videos >= 0, "LIKENESS_QUOTA_VIDEOS", "must be 0 (no limit) or more"),
         (engine.presets_path.is_file(), "LIKENESS_ENGINE_PRESETS", f"no such file: {engine.presets_path}"),
         (
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},

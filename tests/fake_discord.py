@@ -238,10 +238,12 @@ class FakeDiscordUser:
     async def press(
         self, message: FakeMessage | int, target: str, values: list[str] | None = None
     ) -> FakeInteraction:
-        """Press the button (or pick ``values`` in the select) whose custom_id or label is ``target``."""
+        """Press the button (or pick ``values`` in the select) whose custom_id or label is ``target``
+        (``consent:yes`` also finds ``consent:yes-<policy version>``)."""
         msg = self.fake.message(message) if isinstance(message, int) else message
         for component in msg.pressables():
-            if target in (component.get("custom_id"), component.get("label")):
+            custom_id = component.get("custom_id") or ""
+            if target in (custom_id, component.get("label")) or custom_id.startswith(target + "-"):
                 break
         else:
             raise LookupError(

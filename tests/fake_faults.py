@@ -7,7 +7,9 @@
 - ``"timeout"``: the call *is performed*, then the answer is held for ``delay`` seconds (longer than the
   client waits): the classic source of duplicate sends;
 - ``"reset"``: the connection is closed without an answer, before (``after_effect=False``) or after the
-  call was performed.
+  call was performed;
+- ``"stall"``: the call is held for ``delay`` seconds *before* it is performed, then answered 504 without
+  being performed: a request still in flight (e.g. a large upload) when the client dies.
 
 `down(seconds)` makes the whole API (long polling included) answer 502 for a while, as when the Bot API
 or a reverse proxy in front of it restarts. `push_raw_update` queues an update exactly as given, e.g. one
@@ -27,7 +29,7 @@ from aiohttp import web
 
 from tests.fake_telegram import ApiError, FakeTelegram
 
-FAULT_KINDS = ("429", "5xx", "timeout", "reset")
+FAULT_KINDS = ("429", "5xx", "timeout", "reset", "stall")
 
 
 @dataclass
@@ -96,6 +98,9 @@ class FaultyTelegram(FakeTelegram):
             return ApiError(fault.status, f"{fault.status} error injected").response()
         if fault.kind == "reset" and not fault.after_effect:
             return self._reset(request)
+        if fault.kind == "stall":
+            await asyncio.sleep(fault.delay)
+            return ApiError(504, "Gateway Timeout").response()
         await super()._handle(request)  # performed: the client will not learn it
         self.performed_during_fault.append(method)
         if fault.kind == "reset":

@@ -166,9 +166,11 @@ class SentMessage:
         return (self.document_json or {}).get("mime_type")
 
     def find_button(self, text_or_data: str) -> dict[str, Any]:
-        """The button whose text or callback_data is ``text_or_data``; LookupError if there is none."""
+        """The button whose text or callback_data is ``text_or_data`` (``consent:yes`` also finds
+        ``consent:yes-<policy version>``); LookupError if there is none."""
         for button in self.buttons:
-            if text_or_data in (button.get("text"), button.get("callback_data")):
+            data = button.get("callback_data") or ""
+            if text_or_data in (button.get("text"), data) or data.startswith(text_or_data + "-"):
                 return button
         raise LookupError(f"no button {text_or_data!r} on message {self.message_id}: {self.button_texts}")
 

@@ -124,3 +124,8 @@ async def test_command_names_stay_english_with_localised_descriptions(
     assert localised["pt-BR"].startswith("O que este bot faz")
     assert {"fr", "ru", "uk", "id"} <= set(localised) and "en-US" not in localised
     assert not start.get("name_localizations")
+    (code,) = start["options"]  # `/start code:<invite code>`: its description is localised too
+    assert code["name"] == "code" and code["description"] == "An invite code, if you were given one"
+    assert code["description_localizations"]["de"] == "Ein Einladungscode, falls du einen bekommen hast"
+    assert code["description_localizations"]["es-ES"] == "Un código de invitación, si te dieron uno"
+    assert not code.get("name_localizations")

@@ -19,7 +19,7 @@ from tests.test_telegram_flow import button_data, documents, settings_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
-ESTHER, JUN, LUKAS = 2001, 2002, 2003
+ESTHER, JUN, LUKAS, MARTA = 2001, 2002, 2003, 2004
 SLOW = 300.0  # seconds for model work on a shared 2-core CPU
 
 
@@ -201,3 +201,27 @@ async def test_language_switches_survives_a_restart_and_is_forgotten(world: Worl
 
     await lukas.send_text("/start")  # the platform's language again
     await fake.wait_for_message(LUKAS, "¿Estás de acuerdo?", after=done.message_id)
+
+
+async def test_consent_records_the_text_that_was_read_not_the_language_at_the_press(world: World) -> None:
+    fake, marta = world.fake, speaking(world.fake, MARTA, "es")
+    user_id = world.app.engine.pseudonym("telegram", MARTA)
+    await marta.send_text("/start")
+    spanish = await fake.wait_for_message(MARTA, "¿Estás de acuerdo?")
+    await marta.send_text("/language")
+    menu = await fake.wait_for_message(MARTA, "Elige tu idioma")
+    await marta.press(menu, "lang:de")
+    switched = await fake.wait_for_message(MARTA, "Ab jetzt spreche ich Deutsch.")
+
+    stale = "consent:yes-" + "0" * 16  # buttons of a policy text that has changed since
+    await marta.forge_callback(stale, spanish.message_id)
+    again = await fake.wait_for_message(MARTA, "Bist du einverstanden?", after=switched.message_id)
+    assert again.text.startswith(world.app.conversation.t["de"].text("messages", "consent_outdated"))
+    assert await world.app.engine.consent(user_id) is None
+
+    await marta.press(spanish, "consent:yes")  # the Spanish text's button, pressed while speaking German
+    await fake.wait_for_message(MARTA, "Danke!")
+    record = await world.app.engine.consent(user_id)
+    assert (record["language"], record["policy_version"]) == ("es", world.es.policy_version)
+    assert record["attested"] == world.es.attestation
+    assert await world.app.engine.has_consent(user_id, world.app.conversation.t.policy_versions)

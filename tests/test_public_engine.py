@@ -67,6 +67,9 @@ async def finish_next(engine: Engine) -> None:
     assert job is not None
     if job.kind == "train":
         assert await engine.record_adapter(job, b"lora", [0.5], "sks", [])
+    elif job.kind == "video":
+        adapter = await engine.adapter(job.user_id)
+        assert await engine.record_clip(job, job.payload["preset"], b"mp4", adapter["id"])
     else:
         adapter = await engine.adapter(job.user_id)
         assert await engine.record_portraits(job, job.payload["preset"], [b"png"], adapter["id"])
@@ -89,6 +92,7 @@ async def refused(reason: str, call) -> Refused:
         ("LIKENESS_METRICS_ADDRESS", "9464", "host:port"),
         ("LIKENESS_ENGINE_MAX_QUEUED", "0", "at least 1"),
         ("LIKENESS_QUOTA_REQUESTS", "-1", "0 (no limit)"),
+        ("LIKENESS_QUOTA_VIDEOS", "-1", "0 (no limit)"),
     ],
 )
 def test_bad_public_settings_fail_with_one_line(data_dir, name, value, problem):
@@ -198,7 +202,7 @@ async def test_one_unfinished_style_request_and_the_request_quota(open_engine, f
     await engine.request_portraits(user, preset)
     await refused("request_pending", engine.request_portraits(user, preset))
     status = await engine.status(user, "telegram", {"en": "v1"})
-    assert [(a.kind, a.used) for a in status.allowances] == [("train", 1), ("generate", 1)]  # no unit used
+    assert [(a.kind, a.used) for a in status.allowances] == [("train", 1), ("generate", 1), ("video", 0)]
     await finish_next(engine)
     await engine.request_portraits(user, preset)
     await finish_next(engine)
@@ -206,6 +210,48 @@ async def test_one_unfinished_style_request_and_the_request_quota(open_engine, f
     assert refusal.detail["what"] == "style requests"
     fake_clock.advance(DAY)
     await engine.request_portraits(user, preset)
+
+
+async def test_clips_have_their_own_quota_apart_from_style_requests(open_engine, fake_clock):
+    engine = await open_engine(LIKENESS_QUOTA_VIDEOS="2", LIKENESS_QUOTA_REQUESTS="1")
+    user = await onboard(engine, "1")
+    await engine.start_training(user)
+    await finish_next(engine)
+    still = next(key for key, preset in engine.presets.items() if not preset.video)
+    clip = next(key for key, preset in engine.presets.items() if preset.video)
+
+    first = await engine.request_portraits(user, clip)
+    await refused("request_pending", engine.request_portraits(user, still))  # one unfinished, clip or still
+    await finish_next(engine)
+    fake_clock.advance(60)
+    await engine.request_portraits(user, clip)
+    await finish_next(engine)
+    jobs_before = await engine.store.fetchone("SELECT COUNT(*) AS n FROM jobs")
+    refusal = await refused("quota", engine.request_portraits(user, clip))
+    assert refusal.detail["kind"] == "video" and refusal.detail["what"] == "animated clips"
+    assert refusal.detail["limit"] == 2 and refusal.detail["period"] == "1 day"
+    assert refusal.detail["renews_at"] == (await engine.queue.get(first)).created_at + DAY
+    assert await engine.store.fetchone("SELECT COUNT(*) AS n FROM jobs") == jobs_before  # nothing queued
+
+    # Two clips used no style request, and the video quota does not hold still portraits back.
+    await engine.request_portraits(user, still)
+    await finish_next(engine)
+    status = await engine.status(user, "telegram", {"en": "v1"})
+    assert [(a.kind, a.used, a.left) for a in status.allowances] == [
+        ("train", 1, 1),
+        ("generate", 1, 0),
+        ("video", 2, 0),
+    ]
+    await refused("quota", engine.request_portraits(user, still))  # its own limit of 1, used by the still
+    fake_clock.advance(DAY - 59)  # the first clip leaves the window, the second not yet
+    await engine.request_portraits(user, clip)
+
+
+async def test_no_video_quota_is_shown_when_clips_are_off(open_engine):
+    engine = await open_engine(LIKENESS_ENGINE_MOTION_ADAPTER="off")
+    user = await onboard(engine, "1")
+    status = await engine.status(user, "telegram", {"en": "v1"})
+    assert [a.kind for a in status.allowances] == ["train", "generate"]
 
 
 async def test_a_full_queue_refuses_new_work_with_a_measured_estimate(open_engine):

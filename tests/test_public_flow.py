@@ -17,12 +17,14 @@ from pathlib import Path
 
 import aiohttp
 import discord
+import PIL.Image
 import pytest
 from discord.gateway import DiscordWebSocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import App
 from bot.console import ConsoleFrontend
+from engine import video_encode
 from engine.clock import FakeClock
 from tests import faces_data as fd
 from tests.fake_discord import FakeDiscord
@@ -237,6 +239,46 @@ async def test_quotas_pause_and_block_on_telegram(tmp_path: Path) -> None:
         ]
 
 
+async def test_a_clip_over_the_video_quota_is_refused_and_stills_are_not_held_back(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with telegram_app(tmp_path, clock, LIKENESS_QUOTA_VIDEOS="1") as (fake, app):
+        engine, ben = app.engine, fake.user(BEN)
+        consent = await said(fake, ben, "/start", "Do you agree?")
+        await ben.press(consent, "consent:yes")
+        await fake.wait_for_message(BEN, "Thank you!")
+        await ben.send_album(fd.same_person_photos())
+        await ben.press(await fake.wait_for_message(BEN, "photos so far"), "train")
+        await fake.wait_for_message(BEN, "Training queued")
+        job = await engine.queue.claim("test-worker")  # the worker's part: a (made-up) model
+        assert await engine.record_adapter(job, b"lora", [0.5], "sks", [])
+        ready = await fake.wait_for_message(BEN, "model is ready")
+        clip = next(key for key, preset in engine.presets.items() if preset.video)
+        still = next(key for key, preset in engine.presets.items() if not preset.video)
+
+        await ben.press(ready, f"style:{clip}")
+        await fake.wait_for_message(BEN, "one animated clip coming up")
+        job = await engine.queue.claim("test-worker")
+        frames = [PIL.Image.new("RGB", (64, 64), (40 * n, 90, 160)) for n in range(4)]
+        adapter = await engine.adapter(job.user_id)
+        assert await engine.record_clip(job, clip, video_encode.encode_mp4(frames, 8), adapter["id"])
+        await fake.wait_for(lambda f: any(m.animation for m in f.messages(BEN)))
+
+        last = fake.messages(BEN)[-1].message_id
+        await ben.press(ready, f"style:{clip}")
+        refusal = await fake.wait_for_message(
+            BEN, "You have used your 1 animated clips for 1 day", after=last
+        )
+        assert "The next one is available from" in refusal.text and "UTC" in refusal.text
+        count = await engine.store.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE kind='video'")
+        assert count["n"] == 1  # the press over quota queued nothing
+        status = await said(fake, ben, "/status", "Support reference")
+        assert "Animated clips: 0 of 1 left" in status.text and "Style requests: 10 of 10 left" in status.text
+
+        last = fake.messages(BEN)[-1].message_id
+        await ben.press(ready, f"style:{still}")  # still portraits are not held back by the video quota
+        await fake.wait_for_message(BEN, "portraits coming up", after=last)
+
+
 # -- Discord: the invite as a slash-command option, /ops typed in the DM ----------------------------------
 @pytest.fixture
 async def discord_fake() -> AsyncIterator[FakeDiscord]:
@@ -277,7 +319,13 @@ async def test_invite_and_operator_console_on_discord(discord_fake: FakeDiscord,
         code = re.search(r"Invite code (\S+):", invite.content).group(1)
         assert f"/start code:{code}" in invite.content
         await anna.slash("start", {"code": code})
-        await fake.wait_for(lambda: [m for m in dms(anna, "Do you agree?") if "consent:yes" in m.custom_ids])
+        await fake.wait_for(
+            lambda: [
+                m
+                for m in dms(anna, "Do you agree?")
+                if any(c.startswith("consent:yes-") for c in m.custom_ids)
+            ]
+        )
 
         await operator.send_dm("/ops pause")
         await fake.wait_for(lambda: dms(operator, "paused"))

@@ -146,7 +146,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 async def test_consent_is_asked_first_with_buttons(world: World) -> None:
     assert "Do you agree?" in world.consent.text
     assert "/forget" in world.consent.text
-    assert button_data(world.consent, "consent:") == ["consent:yes", "consent:no"]
+    agree = f"consent:yes-{world.app.conversation.t.policy_version}"  # names the text that was shown
+    assert button_data(world.consent, "consent:") == [agree, "consent:no"]
 
 
 async def test_an_album_is_answered_once_with_a_summary_and_a_train_button(world: World) -> None:
@@ -326,7 +327,7 @@ async def test_a_photo_before_consent_is_not_downloaded_and_consent_is_asked(wor
     photo = await dave.send_photo(same_person_photos()[0])
     reply = await fake.wait_for_message(dave.id, "I need your consent")
     assert "I have not downloaded this one" in reply.text
-    assert button_data(reply, "consent:") == ["consent:yes", "consent:no"]
+    assert [data[:12] for data in button_data(reply, "consent:")] == ["consent:yes-", "consent:no"]
     assert_never_fetched(fake, photo)
 
 

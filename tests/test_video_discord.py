@@ -12,46 +12,21 @@ from engine import video_encode
 from engine.provenance.video import verify_video
 from tests.fake_discord import FakeDiscord
 from tests.test_discord_flow import consent, dm_with, eventually, fake, photos, running, upload_and_train
-from tests.tiny_settings import tiny_settings
+from tests.video_fixtures import CLIP_FRAMES, CLIP_LABEL, SLOW, video_settings, write_presets
 
 __all__ = ["fake", "photos"]  # fixtures shared with test_discord_flow
 
 pytestmark = pytest.mark.timeout(900)
-SLOW = 300.0
-PRESETS = """
-[presets.fast]
-label = "Fast"
-prompt = "portrait photo of {token}"
-negative_prompt = "blurry"
-steps = 2
-guidance = 6.0
-aspect = "1:1"
-
-[presets.clip]
-label = "Clip (animated)"
-prompt = "portrait photo of {token}, smiling"
-negative_prompt = "blurry"
-steps = 2
-guidance = 6.0
-aspect = "1:1"
-video = true
-frames = 8
-fps = 8
-loop = true
-"""
 
 
 async def test_a_clip_arrives_as_one_dm_attachment_and_forget_deletes_it(
     fake: FakeDiscord, photos: list, tmp_path: Path
 ) -> None:
-    presets = tmp_path / "presets.toml"
-    presets.write_text(PRESETS, encoding="utf-8")
-    settings = tiny_settings(
+    settings = video_settings(
         tmp_path / "data",
+        write_presets(tmp_path),
         LIKENESS_DISCORD_TOKEN=fake.token,
         LIKENESS_DISCORD_API_URL=fake.api_url,
-        LIKENESS_ENGINE_PRESETS=str(presets),
-        LIKENESS_ENGINE_MOTION_ADAPTER="tiny",
     )
     async with running(settings, with_worker=True) as app:
         alex = fake.user(1001)
@@ -62,13 +37,18 @@ async def test_a_clip_arrives_as_one_dm_attachment_and_forget_deletes_it(
         await alex.press(ready, "style:clip")
 
         (clip,) = await fake.wait_for(lambda: dm_with(fake, alex, text="AI-generated"), timeout=SLOW)
-        assert "Clip (animated)" in clip.content
+        assert CLIP_LABEL in clip.content
         assert [a.filename for a in clip.attachments] == ["likeness-clip.mp4"]
         assert clip.custom_ids == ["styles"]  # one message: clip, caption and button together
         assert [m for m in fake.dm_messages(alex.id) if m.attachments] == [clip]
         data = clip.attachments[0].data
         decoded = video_encode.decode_mp4(data)
-        assert (len(decoded.frames), decoded.fps, decoded.width, decoded.height) == (8, 8.0, 512, 512)
+        assert (len(decoded.frames), decoded.fps, decoded.width, decoded.height) == (
+            CLIP_FRAMES,
+            8.0,
+            512,
+            512,
+        )
         report = verify_video(data)
         assert report.watermark and report.iptc_xmp
 

@@ -1,6 +1,7 @@
 """Video jobs through the engine: queue -> worker -> sealed output -> outbox -> export -> forget.
 
-Real Engine (SQLite, vault), real worker with the tiny model and the tiny motion adapter, CPU.
+Real Engine (SQLite, vault), real worker with the tiny model and the tiny motion adapter, CPU (the presets
+and settings from tests/video_fixtures.py).
 """
 
 import os
@@ -20,62 +21,35 @@ import transformers
 from engine.errors import Refused
 from engine.facade import Engine
 from engine.provenance.video import verify_video
-from engine.settings import load_settings
 from engine.worker import Models, Worker
 from tests import faces_data as fd
+from tests.video_fixtures import CLIP_FRAMES, video_settings, write_presets
 
 diffusers.utils.logging.set_verbosity_error()
 transformers.utils.logging.set_verbosity_error()
 
-PRESETS = """
-[presets.fast]
-label = "Fast"
-prompt = "portrait photo of {token}"
-negative_prompt = "blurry"
-steps = 2
-guidance = 6.0
-aspect = "1:1"
-
-[presets.clip]
-label = "Clip (animated)"
-prompt = "portrait photo of {token}, smiling"
-negative_prompt = "blurry"
-steps = 2
-guidance = 6.0
-aspect = "4:5"
-video = true
-frames = 8
-fps = 8
-loop = true
-"""
 CHAT = {"chat_id": 424242, "user_id": 777001}
 pytestmark = pytest.mark.timeout(900)
 
 
-def env(data_dir: Path, presets: Path, **extra: str) -> dict[str, str]:
-    return {
-        "LIKENESS_DATA_DIR": str(data_dir),
-        "LIKENESS_ENGINE_MODEL": "tiny",
-        "LIKENESS_ENGINE_DEVICE": "cpu",
-        "LIKENESS_ENGINE_TRAIN_STEPS": "3",
-        "LIKENESS_ENGINE_IMAGES_PER_REQUEST": "1",
-        "LIKENESS_ENGINE_PRESETS": str(presets),
-        "LIKENESS_ENGINE_MOTION_ADAPTER": "tiny",
-        "LIKENESS_UPLOAD_MIN_PHOTOS": "3",
-        "LIKENESS_PROVENANCE_DEPLOYMENT_ID": "video-jobs",
+def settings_for(data_dir: Path, presets: Path, **extra: str):
+    return video_settings(
+        data_dir,
+        presets,
+        LIKENESS_ENGINE_TRAIN_STEPS="3",
+        LIKENESS_ENGINE_IMAGES_PER_REQUEST="1",
+        LIKENESS_PROVENANCE_DEPLOYMENT_ID="video-jobs",
         **extra,
-    }
+    )
 
 
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("presets") / "presets.toml"
-    path.write_text(PRESETS, encoding="utf-8")
-    return path
+    return write_presets(tmp_path_factory.mktemp("presets"), clip_aspect="4:5")
 
 
 async def test_video_job_from_request_to_forget(tmp_path, presets):
-    settings = load_settings(env(tmp_path / "data", presets))
+    settings = settings_for(tmp_path / "data", presets)
     engine = await Engine.open(settings)
     try:
         worker = Worker(engine, Models(SimpleNamespace(settings=settings)))
@@ -94,7 +68,7 @@ async def test_video_job_from_request_to_forget(tmp_path, presets):
         assert delivery.preset == "clip" and len(delivery.images) == 1
         output_id, clip = delivery.images[0]
         report = verify_video(clip)
-        assert (report.frames, report.fps) == (8, 8.0)
+        assert (report.frames, report.fps) == (CLIP_FRAMES, 8.0)
         # 56x72 (4:5) frames, upscaled for the watermark to even sides, short side 512
         assert (report.width, report.height) == (512, 660)
         assert report.watermark and report.watermark_frames >= 7 and report.iptc_xmp
@@ -123,7 +97,7 @@ async def test_video_job_from_request_to_forget(tmp_path, presets):
 
 
 async def test_video_presets_are_hidden_when_video_is_off(tmp_path, presets):
-    engine = await Engine.open(load_settings(env(tmp_path, presets, LIKENESS_ENGINE_MOTION_ADAPTER="off")))
+    engine = await Engine.open(settings_for(tmp_path, presets, LIKENESS_ENGINE_MOTION_ADAPTER="off"))
     try:
         assert set(engine.presets) == {"fast"}
         user = engine.pseudonym("telegram", CHAT["user_id"])

@@ -22,33 +22,11 @@ from engine.provenance.video import verify_video
 from engine.settings import Settings
 from tests import faces_data as fd
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
-from tests.tiny_settings import tiny_settings
+from tests.video_fixtures import CLIP_FRAMES, CLIP_LABEL, SLOW, video_settings, write_presets
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
 ALICE = 2001
-SLOW = 300.0  # seconds allowed for model work on a busy 2-core CPU
-PRESETS = """
-[presets.fast]
-label = "Fast"
-prompt = "portrait photo of {token}"
-negative_prompt = "blurry"
-steps = 2
-guidance = 6.0
-aspect = "1:1"
-
-[presets.clip]
-label = "Clip (animated)"
-prompt = "portrait photo of {token}, smiling"
-negative_prompt = "blurry"
-steps = 2
-guidance = 6.0
-aspect = "1:1"
-video = true
-frames = 8
-fps = 8
-loop = true
-"""
 
 
 @dataclass
@@ -71,14 +49,11 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     fake = FakeTelegram()
     await fake.start()
     base = tmp_path_factory.mktemp("video-telegram")
-    presets = base / "presets.toml"
-    presets.write_text(PRESETS, encoding="utf-8")
-    settings = tiny_settings(
+    settings = video_settings(
         base / "data",
+        write_presets(base),
         LIKENESS_TELEGRAM_TOKEN=fake.token,
         LIKENESS_TELEGRAM_API_URL=fake.base_url,
-        LIKENESS_ENGINE_PRESETS=str(presets),
-        LIKENESS_ENGINE_MOTION_ADAPTER="tiny",
         LIKENESS_PROVENANCE_DEPLOYMENT_ID="video-e2e",
     )
     app = await App.create(settings)
@@ -107,7 +82,7 @@ async def test_video_styles_sit_beside_the_still_styles(world: World) -> None:
     datas = [[b["callback_data"] for b in row] for row in rows]
     assert ["style:fast"] in datas and ["style:clip"] in datas
     assert datas.index(["style:clip"]) > datas.index(["style:fast"])  # its own row, after the stills
-    assert "Clip (animated)" in world.trained.button_texts
+    assert CLIP_LABEL in world.trained.button_texts
 
 
 async def test_one_press_is_one_clip_message(world: World) -> None:
@@ -117,8 +92,8 @@ async def test_one_press_is_one_clip_message(world: World) -> None:
     assert results == [clip]  # not the same clip again as a document, no "⬆️" button message
     assert len(world.fake.calls_to("sendAnimation")) == 1
     texts = [e.get("text") or "" for m in new for e in [*m.edits, {"text": m.text}]]
-    assert any("Clip (animated): one animated clip coming up." in t for t in texts)  # progress, then the clip
-    assert "AI-generated" in clip.caption and "Clip (animated)" in clip.caption
+    assert any(f"{CLIP_LABEL}: one animated clip coming up." in t for t in texts)  # progress, then the clip
+    assert "AI-generated" in clip.caption and CLIP_LABEL in clip.caption
     assert clip.protect_content
     assert clip.button_texts == ["Another style"]
     assert clip.animation_json["mime_type"] == "video/mp4"
@@ -128,7 +103,7 @@ async def test_one_press_is_one_clip_message(world: World) -> None:
 async def test_the_delivered_clip_decodes_and_carries_the_marks(world: World) -> None:
     decoded = video_encode.decode_mp4(world.clip.animation)
     assert (len(decoded.frames), decoded.fps, decoded.codec, decoded.pixel_format) == (
-        8,
+        CLIP_FRAMES,
         8.0,
         "h264",
         "yuv420p",
