@@ -12,10 +12,15 @@ polls. The log goes through the same filter as in production (engine.runtime.set
 
 Counted (all must be 0):
 - crashes: the bot stopped, or stopped answering (a canary /help after every 500 inputs);
-- silent drops: an input that must be answered (private chat, with a sender) got no answer;
+- silent drops: an input that must be answered (private chat, with a sender) got no answer within
+  GIVE_UP seconds: no message to that chat and, for a press, no answer to that very callback query;
 - tracebacks: log records at ERROR or above, or carrying an exception;
 - plaintext: a personal field of a fuzz update (name, username, id) in the log, or image bytes in a file
   of the data dir.
+Also reported: answers later than LATE seconds (slow, not lost) and the answer latency p50/p99/max, with
+the load average, since the bot shares the CPU with whatever else runs. Each user waits for the answer to
+one input before sending the next, as a person would; answers are counted incrementally (per chat, per
+callback id), so the bookkeeping stays O(1) per check however long the campaign runs.
 The LAST line is one JSON object.
 """
 
@@ -26,10 +31,14 @@ import asyncio
 import io
 import json
 import logging
+import os
 import random
+import statistics
 import sys
 import tempfile
 import time
+import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +52,8 @@ from tests.fake_telegram import FakeUser  # noqa: E402
 from tests.hostile_files import corpus  # noqa: E402
 from tests.tiny_settings import tiny_settings  # noqa: E402
 
-ANSWER_WAIT = 20.0
+LATE = 20.0  # an answer later than this is reported as late
+GIVE_UP = 120.0  # no answer after this: a silent drop
 USERS = 40
 WEIRD = "\u202e\u202d\u200b\u200d\u2066\ufeff👩‍👩‍👧‍👦🏳️‍🌈ﷺ\u0301\u0000\ud7ff"
 COMMANDS = ["start", "help", "privacy", "status", "train", "styles", "cancel", "settings", "export", "forget"]
@@ -60,6 +70,12 @@ class Campaign:
         self.files = [(name, data) for name, data, _ in corpus() if len(data) < 5 * 1024 * 1024]
         self.silent_drops = 0
         self.answered = 0
+        self.late = 0
+        self.latencies: list[float] = []
+        self._calls_seen = 0
+        self._to_chat: Counter[int] = Counter()  # bot API calls per chat, counted incrementally
+        self._callbacks_seen = 0
+        self._answered_queries: set[str] = set()
         self.ignored_kinds = 0
         self.secrets: list[str] = []
 
@@ -70,31 +86,42 @@ class Campaign:
         self.secrets += [name, username, str(user.id)]
         return user
 
-    async def answered_by(self, user: FakeUser, before: int, callbacks: int) -> bool:
+    def sent_to(self, chat_id: int) -> int:
+        """Bot API calls made so far in `chat_id` (incremental over the fake's call log)."""
+        calls = self.fake.calls
+        for name, params in calls[self._calls_seen :]:
+            if (chat := _to_chat(name, params)) is not None:
+                self._to_chat[chat] += 1
+        self._calls_seen = len(calls)
+        return self._to_chat[chat_id]
+
+    def query_answered(self, query_id: str | None) -> bool:
+        answered = self.fake.answered_callbacks
+        for params in answered[self._callbacks_seen :]:
+            self._answered_queries.add(str(params.get("callback_query_id")))
+        self._callbacks_seen = len(answered)
+        return query_id is not None and query_id in self._answered_queries
+
+    async def answered_by(self, user: FakeUser, before: int, query_id: str | None) -> float | None:
+        """Seconds until the bot answered in the user's chat (or answered `query_id`); None: never."""
+        started = time.monotonic()
         try:
             await self.fake.wait_for(
-                lambda f: (
-                    len(f.calls) > 0
-                    and (
-                        sum(1 for name, p in f.calls if _to_chat(name, p) == user.id) > before
-                        or len(f.answered_callbacks) > callbacks
-                    )
-                ),
-                timeout=ANSWER_WAIT,
+                lambda f: self.sent_to(user.id) > before or self.query_answered(query_id), timeout=GIVE_UP
             )
-            return True
         except TimeoutError:
-            return False
+            return None
+        return time.monotonic() - started
 
     async def one(self, user: FakeUser) -> None:
         """One random input from `user`; answered inputs are checked for an answer."""
-        rng, fake = self.rng, self.fake
+        rng = self.rng
         kind = rng.choices(
             ["text", "command", "photo", "document", "caption", "oversize", "press", "ignored"],
             weights=[20, 20, 6, 6, 4, 2, 22, 20],
         )[0]
-        before = sum(1 for name, p in fake.calls if _to_chat(name, p) == user.id)
-        callbacks = len(fake.answered_callbacks)
+        before = self.sent_to(user.id)
+        query_id: str | None = None
         if kind == "text":
             await user.send_text(weird_text(rng, rng.choice([1, 50, 4096])).lstrip("/") or "x")
         elif kind == "command":
@@ -118,25 +145,28 @@ class Campaign:
         elif kind == "oversize":
             await self.oversized_document(user)
         elif kind == "press":
-            await self.press(user)
+            query_id = await self.press(user)
         else:
             self.ignored_kinds += 1
             await self.ignored(user)
             return
-        if await self.answered_by(user, before, callbacks):
-            self.answered += 1
-        else:
+        seconds = await self.answered_by(user, before, query_id)
+        if seconds is None:
             self.silent_drops += 1
+            return
+        self.answered += 1
+        self.latencies.append(seconds)
+        self.late += seconds > LATE
 
-    async def press(self, user: FakeUser) -> None:
+    async def press(self, user: FakeUser) -> str:
+        """A press on a real button (maybe replayed) or a forged one; returns the callback query id."""
         rng = self.rng
         live = [m for m in self.fake.messages(user.id) if m.buttons]
         choice = rng.random()
         if live and choice < 0.4:  # a real button, maybe pressed twice (replayed)
             message = rng.choice(live)
             button = rng.choice(message.buttons)
-            await user.press(message, button.get("callback_data") or button["text"])
-            return
+            return await user.press(message, button.get("callback_data") or button["text"])
         data = rng.choice(
             [
                 weird_text(rng, rng.randrange(1, 64)),
@@ -148,7 +178,7 @@ class Campaign:
             ]
         )
         message_id = rng.choice([m.message_id for m in self.fake.messages(user.id)] or [1])
-        await user.forge_callback(data, message_id)
+        return await user.forge_callback(data, message_id)
 
     async def oversized_document(self, user: FakeUser) -> None:
         stored = self.fake.add_file(b"\xff\xd8\xff" + b"\x00" * 100, "documents", "jpg")
@@ -229,6 +259,18 @@ def _to_chat(method: str, params: dict[str, Any]) -> int | None:
         return None
 
 
+def _where(record: logging.LogRecord) -> str:
+    """The project's frames of a record's exception, innermost last (file:line, no values)."""
+    if not record.exc_info or record.exc_info[2] is None:
+        return ""
+    frames = [
+        f"{Path(frame.filename).relative_to(ROOT)}:{frame.lineno}"
+        for frame in traceback.extract_tb(record.exc_info[2])
+        if frame.filename.startswith(str(ROOT)) and "/.venv/" not in frame.filename
+    ]
+    return " at " + " > ".join(frames) if frames else ""
+
+
 def plaintext_files(data_dir: Path) -> int:
     found = 0
     for path in data_dir.rglob("*"):
@@ -266,6 +308,7 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
     run = Campaign(fake, rng)
     crashes = 0
     started = time.monotonic()
+    load = [os.getloadavg()[0]]
     try:
         users = [run.secret_user(n) for n in range(USERS)]
         for user in users[: USERS // 2]:  # half the users have agreed, so their photos reach the intake
@@ -287,7 +330,7 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
             canary = fake.user(9_000_000 + done)
             await canary.send_text("/help")
             try:
-                await fake.wait_for_message(canary.id, "/", timeout=ANSWER_WAIT)
+                await fake.wait_for_message(canary.id, "/", timeout=GIVE_UP)
             except TimeoutError:
                 crashes += 1
                 texts = [m.text for m in fake.messages(canary.id)]
@@ -297,27 +340,40 @@ async def campaign(inputs: int, seed: int, work: Path) -> dict[str, int | float]
             if app.stop_event.is_set():
                 crashes += 1
                 break
-            print(f"{done} inputs, {run.silent_drops} silent drops, {len(records)} error records", flush=True)
+            load.append(os.getloadavg()[0])
+            print(
+                f"{done} inputs, {run.silent_drops} silent drops, {run.late} late, {len(records)} error records, "
+                f"{time.monotonic() - started:.0f} s, load {load[-1]:.1f}",
+                flush=True,
+            )
     finally:
         await app.stop()
         await fake.stop()
         root.removeHandler(handler)
         root.removeHandler(keep)
     text = stream.getvalue()
-    for kind in sorted({f"{r.name}: {r.msg} [{(r.exc_text or '-').splitlines()[-1]}]" for r in records}):
-        print("error record:", kind, flush=True)  # templates and exception types only
+    for kind in sorted(
+        {f"{r.name}: {r.msg} [{(r.exc_text or '-').splitlines()[-1]}]{_where(r)}" for r in records}
+    ):
+        print("error record:", kind, flush=True)  # templates, exception types and code lines only
     tracebacks = len(records) + text.count("Traceback")
     leaked = sum(1 for secret in set(run.secrets) if secret in text)
+    latencies = sorted(run.latencies) or [0.0]
     return {
         "inputs": inputs,
         "answered": run.answered,
         "ignored_kind_inputs": run.ignored_kinds,
         "crashes": crashes,
         "silent_drops": run.silent_drops,
+        "late_answers": run.late,
+        "answer_p50_s": round(statistics.median(latencies), 2),
+        "answer_p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 2),
+        "answer_max_s": round(latencies[-1], 2),
         "tracebacks": tracebacks,
         "plaintext": leaked + plaintext_files(work),
         "getUpdates_calls": len(fake.calls_to("getUpdates")),
         "seconds": round(time.monotonic() - started, 1),
+        "load_average": round(statistics.mean(load), 1),
     }
 
 

@@ -1,9 +1,9 @@
 """Telegram adapter: python-telegram-bot v22 updates → neutral events, neutral replies → Bot API calls.
 
 Long polling against `LIKENESS_TELEGRAM_API_URL` (`<url>/bot<token>/<method>`, files at
-`<url>/file/bot<token>/<path>`). Rate limits are handled by AIORateLimiter; sends also retry on network
-errors and 5xx answers, so a reply is not lost to a hiccup. The `[telegram]` settings are read here
-(`TelegramSettings`); `bot.platforms` lists this module.
+`<url>/file/bot<token>/<path>`). Telegram's flood limits are kept by `bot.telegram_limits.FloodLimiter`;
+sends also retry on network errors and 5xx answers, so a reply is not lost to a hiccup. The `[telegram]`
+settings are read here (`TelegramSettings`); `bot.platforms` lists this module.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from telegram.error import (
     TimedOut,
 )
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
@@ -48,6 +47,7 @@ from telegram.ext import (
 
 from bot.events import ButtonPress, Chat, Command, Event, IncomingPhoto, PhotoMessage, Reply, TextMessage
 from bot.flow import COMMANDS, Conversation
+from bot.telegram_limits import FloodLimiter
 from bot.telegram_safety import HoldingApplication, TolerantBot, ignore_without_user
 from engine.settings import SettingsError, Url
 
@@ -303,7 +303,7 @@ class TelegramFrontend:
             settings.token,
             base_url=f"{api}/bot",
             base_file_url=f"{api}/file/bot",
-            rate_limiter=AIORateLimiter(max_retries=3),
+            rate_limiter=FloodLimiter(),
         )
         self.app = (
             ApplicationBuilder()

@@ -18,8 +18,8 @@
   posts, anonymous group admins, inline-mode callbacks, poll updates, an unparseable update's stand-in)
   before any conversation handler sees them; counted in `ignored_updates`.
 
-Rate limits stay with the stock AIORateLimiter: it throttles only calls that carry a `chat_id`, so
-callback-query answers and downloads never wait behind queued messages (bench/load.py measures it).
+Rate limits are `bot.telegram_limits.FloodLimiter`'s: callback-query answers and downloads never wait
+behind queued messages (bench/load.py measures it).
 """
 
 from __future__ import annotations

@@ -81,6 +81,14 @@ MAX_INVITE_VALIDITY = 365 * 86400.0
 BlockOutcome = str  # "blocked" | "unblocked" | "unchanged" | "unknown" | "invalid"
 
 
+@dataclass
+class _UserLock:
+    """One user's lock and how many tasks hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(frozen=True)
 class PhotoResult:
     outcome: Accepted | Rejected
@@ -199,7 +207,7 @@ class Engine:
             max_pixels=settings.upload.max_pixels,
             min_side=settings.upload.min_side,
         )
-        self._user_locks: dict[str, asyncio.Lock] = {}
+        self._user_locks: dict[str, _UserLock] = {}
         # platform -> how long it lets a bot delete its messages; registered by the front-ends
         self.message_caps: dict[str, float] = {}
 
@@ -234,9 +242,19 @@ class Engine:
     def pseudonym(self, platform: str, platform_user_id: str | int) -> str:
         return self.pseudonyms.user(platform, platform_user_id)
 
-    def user_lock(self, user_id: str) -> asyncio.Lock:
-        """Serialises one user's uploads and erasure inside this process."""
-        return self._user_locks.setdefault(user_id, asyncio.Lock())
+    @asynccontextmanager
+    async def user_lock(self, user_id: str) -> AsyncIterator[None]:
+        """Serialises one user's uploads, consent and erasure inside this process. The lock is forgotten
+        once no task holds or awaits it (forgetting it earlier would let a newcomer run beside a waiter)."""
+        entry = self._user_locks.setdefault(user_id, _UserLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._user_locks[user_id]
 
     # -- users and consent ----------------------------------------------------------------------------
     async def touch_user(self, user_id: str, platform: str, chat: dict[str, Any] | None = None) -> None:
@@ -286,10 +304,12 @@ class Engine:
         attested: str,
         language: str = "en",
     ) -> None:
-        """Record consent to `policy_version` of the policy in `language`, with what was attested."""
-        await self.touch_user(user_id, platform, chat)
-        await self.tables.consents.give(user_id, policy_version, language, attested)
-        await self.tables.audit.add("consent_given", policy_version=policy_version, language=language)
+        """Record consent to `policy_version` of the policy in `language`, with what was attested.
+        Under the user's lock: an erasure of the same user (/forget) waits for it, never splits it."""
+        async with self.user_lock(user_id):
+            await self.touch_user(user_id, platform, chat)
+            await self.tables.consents.give(user_id, policy_version, language, attested)
+            await self.tables.audit.add("consent_given", policy_version=policy_version, language=language)
 
     # -- photos ---------------------------------------------------------------------------------------
     def check_size(self, size: int | None) -> Rejected | None:
@@ -312,6 +332,8 @@ class Engine:
     async def add_photo(self, user_id: str, data: bytes) -> PhotoResult:
         """Check one photo and, if accepted, store its sealed face crop with a deadline."""
         async with self.user_lock(user_id):
+            if await self.tables.users.get(user_id) is None:  # erased (/forget) since consent was checked
+                return PhotoResult(Rejected("erased", {}), 0)
             count = await self.photo_count(user_id)
             if count >= self.settings.upload.max_photos:
                 return PhotoResult(
@@ -803,7 +825,6 @@ class Engine:
                 "erasure", receipt=receipt.receipt_id, **{k.replace(" ", "_"): v for k, v in counts.items()}
             )
             await self.store.compact()
-            self._user_locks.pop(user_id, None)
             for artifact, count in (("photo", rows["photos"]), ("adapter", rows["adapters"])):
                 self.metrics.deletions.labels(artifact).inc(count)
             self.metrics.deletions.labels("output").inc(rows["outputs"])
