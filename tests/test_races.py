@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from bot.texts import Texts
 from engine.facade import Engine
 from tests.tiny_settings import tiny_settings
 
@@ -90,6 +91,8 @@ async def test_a_photo_arriving_after_forget_is_not_stored(tmp_path: Path) -> No
         await engine.forget(user)
         result = await engine.add_photo(user, fd.encode(fd.astronaut(), "JPEG", quality=90))
         assert result.outcome.code == "erased" and result.count == 0
+        reason, tip = Texts(engine.settings).rejection(result.outcome)  # the user reads why
+        assert "deleted" in reason and "/start" in tip
         assert await engine.photo_count(user) == 0
         assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
     finally:
