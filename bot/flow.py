@@ -373,8 +373,13 @@ class Conversation:
         try:
             job_id = await self.engine.request_portraits(user_id, key)
         except Refused as refusal:
-            await self.say(chat, Reply(self.t.refusal(refusal)))
-            return
+            lost = (
+                await self.engine.unanswered_request(user_id) if refusal.reason == "request_pending" else None
+            )
+            if lost is None or lost[1] not in self.engine.presets:
+                await self.say(chat, Reply(self.t.refusal(refusal)))
+                return
+            job_id, key = lost  # this press was handled before a restart, up to the answer: answer it now
         preset = self.engine.presets[key]
         position = await self.position_text(user_id, job_id)
         text = self.t(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.access import Access, Invite
-from engine.admission import Admission
+from engine.admission import STYLE_KINDS, Admission
 from engine.clock import Clock
 from engine.db import Database, Tables, new_id, open_database
 from engine.errors import Refused, storage_refusal
@@ -432,6 +432,15 @@ class Engine:
             return await self._enqueue(user_id, "video", {"preset": preset_key})
         payload = {"preset": preset_key, "count": self.settings.engine.images_per_request}
         return await self._enqueue(user_id, "generate", payload)
+
+    async def unanswered_request(self, user_id: str) -> tuple[str, str] | None:
+        """The user's queued or running style request whose answer was never sent (the bot stopped between
+        queueing it and sending its progress message), as (job id, preset key); None when there is none.
+        A press handled again after a restart answers with it instead of "still being made"."""
+        for job in await self.queue.active_jobs(user_id):
+            if job.kind in STYLE_KINDS and await self.progress_message(job.id) is None:
+                return job.id, job.payload["preset"]
+        return None
 
     async def _enqueue(self, user_id: str, kind: str, payload: dict[str, Any]) -> str:
         """Queue a job with its deadline; a locked database or a full disk is `Refused`."""

@@ -239,6 +239,40 @@ async def test_quotas_pause_and_block_on_telegram(tmp_path: Path) -> None:
         ]
 
 
+async def test_a_press_handled_up_to_its_answer_before_a_restart_is_answered_not_refused(
+    tmp_path: Path,
+) -> None:
+    """The bot queued the request and stopped before answering; Telegram delivers the same press again
+    after the restart: the user gets the answer they never got, for the job that exists, not "still being
+    made" for a request they do not know they made. A real second press is still refused."""
+    async with telegram_app(tmp_path, FakeClock()) as (fake, app):
+        engine, anna = app.engine, fake.user(ANNA)
+        consent = await said(fake, anna, "/start", "Do you agree?")
+        await anna.press(consent, "consent:yes")
+        await fake.wait_for_message(ANNA, "Thank you!")
+        await anna.send_album(fd.same_person_photos())
+        summary = await fake.wait_for_message(ANNA, "photos so far")
+        await anna.press(summary, "train")
+        await fake.wait_for_message(ANNA, "Training queued")
+        job = await engine.queue.claim("test-worker")
+        assert await engine.record_adapter(job, b"lora", [0.5], "sks", [])
+        ready = await fake.wait_for_message(ANNA, "model is ready")
+        style = next(b["callback_data"] for b in ready.buttons if b["callback_data"].startswith("style:"))
+
+        user_id = engine.pseudonym("telegram", ANNA)
+        queued = await engine.request_portraits(
+            user_id, style.removeprefix("style:")
+        )  # ...then the bot stopped
+        await anna.press(ready, style)  # the same press, delivered again after the restart
+        answer = await fake.wait_for_message(ANNA, "portraits coming up", after=ready.message_id)
+        assert answer.find_button("Stop")["callback_data"] == f"cancel:{queued}"
+        assert [j.id for j in await engine.queue.active_jobs(user_id)] == [queued]  # no second job
+
+        await anna.press(ready, style)  # a second press, now that the first one was answered
+        await fake.wait_for_message(ANNA, "still being made", after=answer.message_id)
+        assert [j.id for j in await engine.queue.active_jobs(user_id)] == [queued]
+
+
 async def test_a_clip_over_the_video_quota_is_refused_and_stills_are_not_held_back(tmp_path: Path) -> None:
     clock = FakeClock()
     async with telegram_app(tmp_path, clock, LIKENESS_QUOTA_VIDEOS="1") as (fake, app):
