@@ -66,6 +66,20 @@ async def said(fake: FakeTelegram, user: FakeUser, text: str, expect: str) -> Se
     return await fake.wait_for_message(user.id, expect, after=last)
 
 
+async def with_a_model(fake: FakeTelegram, app: App, user: FakeUser) -> SentMessage:
+    """Consent, an album, Train, and a (made-up) model recorded as the worker would: the "model is ready"
+    message with its style buttons."""
+    consent = await said(fake, user, "/start", "Do you agree?")
+    await user.press(consent, "consent:yes")
+    await fake.wait_for_message(user.id, "Thank you!")
+    await user.send_album(fd.same_person_photos())
+    await user.press(await fake.wait_for_message(user.id, "photos so far"), "train")
+    await fake.wait_for_message(user.id, "Training queued")
+    job = await app.engine.queue.claim("test-worker")
+    assert await app.engine.record_adapter(job, b"lora", [0.5], "sks", [])
+    return await fake.wait_for_message(user.id, "model is ready")
+
+
 def bot_texts(fake: FakeTelegram, user: FakeUser, contains: str) -> list[str]:
     return [m.text for m in fake.messages(user.id) if m.from_bot and m.text and contains in m.text]
 
@@ -176,17 +190,7 @@ async def test_quotas_pause_and_block_on_telegram(tmp_path: Path) -> None:
     clock = FakeClock()
     async with telegram_app(tmp_path, clock, LIKENESS_QUOTA_REQUESTS="1") as (fake, app):
         engine, anna, operator = app.engine, fake.user(ANNA), fake.user(OPERATOR)
-        consent = await said(fake, anna, "/start", "Do you agree?")
-        await anna.press(consent, "consent:yes")
-        await fake.wait_for_message(ANNA, "Thank you!")
-        await anna.send_album(fd.same_person_photos())
-        summary = await fake.wait_for_message(ANNA, "photos so far")
-        await anna.press(summary, "train")
-        await fake.wait_for_message(ANNA, "Training queued")
-
-        job = await engine.queue.claim("test-worker")  # the worker's part: a (made-up) model
-        assert await engine.record_adapter(job, b"lora", [0.5], "sks", [])
-        ready = await fake.wait_for_message(ANNA, "model is ready")
+        ready = await with_a_model(fake, app, anna)
         style = next(b["callback_data"] for b in ready.buttons if b["callback_data"].startswith("style:"))
 
         await anna.press(ready, style)
@@ -247,16 +251,7 @@ async def test_a_press_handled_up_to_its_answer_before_a_restart_is_answered_not
     made" for a request they do not know they made. A real second press is still refused."""
     async with telegram_app(tmp_path, FakeClock()) as (fake, app):
         engine, anna = app.engine, fake.user(ANNA)
-        consent = await said(fake, anna, "/start", "Do you agree?")
-        await anna.press(consent, "consent:yes")
-        await fake.wait_for_message(ANNA, "Thank you!")
-        await anna.send_album(fd.same_person_photos())
-        summary = await fake.wait_for_message(ANNA, "photos so far")
-        await anna.press(summary, "train")
-        await fake.wait_for_message(ANNA, "Training queued")
-        job = await engine.queue.claim("test-worker")
-        assert await engine.record_adapter(job, b"lora", [0.5], "sks", [])
-        ready = await fake.wait_for_message(ANNA, "model is ready")
+        ready = await with_a_model(fake, app, anna)
         style = next(b["callback_data"] for b in ready.buttons if b["callback_data"].startswith("style:"))
 
         user_id = engine.pseudonym("telegram", ANNA)
@@ -277,15 +272,7 @@ async def test_a_clip_over_the_video_quota_is_refused_and_stills_are_not_held_ba
     clock = FakeClock()
     async with telegram_app(tmp_path, clock, LIKENESS_QUOTA_VIDEOS="1") as (fake, app):
         engine, ben = app.engine, fake.user(BEN)
-        consent = await said(fake, ben, "/start", "Do you agree?")
-        await ben.press(consent, "consent:yes")
-        await fake.wait_for_message(BEN, "Thank you!")
-        await ben.send_album(fd.same_person_photos())
-        await ben.press(await fake.wait_for_message(BEN, "photos so far"), "train")
-        await fake.wait_for_message(BEN, "Training queued")
-        job = await engine.queue.claim("test-worker")  # the worker's part: a (made-up) model
-        assert await engine.record_adapter(job, b"lora", [0.5], "sks", [])
-        ready = await fake.wait_for_message(BEN, "model is ready")
+        ready = await with_a_model(fake, app, ben)
         clip = next(key for key, preset in engine.presets.items() if preset.video)
         still = next(key for key, preset in engine.presets.items() if not preset.video)
 
