@@ -21,6 +21,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import PIL.Image
 import PIL.ImageDraw
@@ -338,24 +339,19 @@ class Generator:
         region = image.crop(crop).resize((render, render), PIL.Image.Resampling.LANCZOS)
         inner = [(v - o) * render / side for v, o in zip(face, crop[:2] * 2, strict=True)]
         mask = face_mask(render, inner)
-        steps = max(preset.steps, math.ceil(1 / REFINE_STRENGTH))
+        denoised, redraw = redraw_arguments(preset, token, REFINE_STRENGTH, seed)
         with self.active(owner):
             (refined,) = _run(
                 self._derived("inpaint"),
                 "refining the face",
-                max(1, int(steps * REFINE_STRENGTH)),
+                denoised,
                 progress,
                 should_stop,
-                prompt=preset.render(token),
-                negative_prompt=preset.negative_prompt or None,
                 image=region,
                 mask_image=mask,
-                strength=REFINE_STRENGTH,
-                num_inference_steps=steps,
-                guidance_scale=preset.guidance,
                 width=render,
                 height=render,
-                generator=torch.Generator("cpu").manual_seed(seed),
+                **redraw,
             )
         feathered = mask.filter(PIL.ImageFilter.GaussianBlur(render / 32))
         blended = PIL.Image.composite(refined.convert("RGB"), region, feathered)
@@ -385,7 +381,7 @@ class Generator:
         big = image.convert("RGB").resize(
             (image.width * factor, image.height * factor), PIL.Image.Resampling.LANCZOS
         )
-        steps = max(preset.steps, math.ceil(1 / UPSCALE_STRENGTH))
+        denoised, redraw = redraw_arguments(preset, token, UPSCALE_STRENGTH, seed)
         vae = self.pipe.vae
         tiling = getattr(vae, "use_tiling", False)
         vae.enable_tiling()
@@ -394,21 +390,31 @@ class Generator:
                 (result,) = _run(
                     self._derived("img2img"),
                     "adding detail",
-                    max(1, int(steps * UPSCALE_STRENGTH)),
+                    denoised,
                     progress,
                     should_stop,
-                    prompt=preset.render(token),
-                    negative_prompt=preset.negative_prompt or None,
                     image=big,
-                    strength=UPSCALE_STRENGTH,
-                    num_inference_steps=steps,
-                    guidance_scale=preset.guidance,
-                    generator=torch.Generator("cpu").manual_seed(seed),
+                    **redraw,
                 )
         finally:
             if not tiling:
                 vae.disable_tiling()
         return result
+
+
+def redraw_arguments(preset: Preset, token: str, strength: float, seed: int) -> tuple[int, dict[str, Any]]:
+    """For a pass that redraws an image partly (face refinement, the 2x pass): the steps it denoises, and
+    the pipeline arguments it shares with the other such pass (the preset's prompt and guidance, enough
+    steps that `strength` of them is at least one)."""
+    steps = max(preset.steps, math.ceil(1 / strength))
+    return max(1, int(steps * strength)), {
+        "prompt": preset.render(token),
+        "negative_prompt": preset.negative_prompt or None,
+        "strength": strength,
+        "num_inference_steps": steps,
+        "guidance_scale": preset.guidance,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+    }
 
 
 def face_crop_box(face: Box, width: int, height: int) -> Box:
