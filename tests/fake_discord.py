@@ -25,7 +25,7 @@ import mimetypes
 import secrets
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -1142,3 +1142,20 @@ class FakeDiscord:
         message.deleted = True
         self._record(interaction, "delete", None, message)
         return web.Response(status=204)
+
+
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[FakeDiscord]:
+    """A started fake Discord for one test; discord.py's API root and gateway are restored afterwards
+    (the bot points them at the fake)."""
+    import discord
+    from discord.gateway import DiscordWebSocket
+
+    server = FakeDiscord()
+    await server.start()
+    saved = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    try:
+        yield server
+    finally:
+        discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+        await server.stop()

@@ -11,14 +11,13 @@ from typing import TypeVar
 
 import discord
 import pytest
-from discord.gateway import DiscordWebSocket
 
 from bot.app import App
 from bot.discord_bot import DiscordFrontend, DiscordSettings, split_text
 from bot.flow import COMMANDS
 from engine.settings import Settings
 from tests import faces_data as fd
-from tests.fake_discord import FakeDiscord, FakeDiscordUser, FakeMessage
+from tests.fake_discord import FakeDiscord, FakeDiscordUser, FakeMessage, serving
 from tests.fake_telegram import FakeTelegram
 from tests.tiny_settings import tiny_settings
 
@@ -28,12 +27,8 @@ T = TypeVar("T")
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    saved = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
-    yield server
-    discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
-    await server.stop()
+    async with serving() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import discord
 import pytest
-from discord.gateway import DiscordWebSocket
 
 from bot.flow import COMMANDS
 from tests import faces_data as fd
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, serving
 from tests.test_discord_flow import JPEG, dm_with, eventually, make_settings, running
 
 pytestmark = pytest.mark.timeout(900)
@@ -22,12 +20,8 @@ SLOW = 300.0  # seconds for model work on a shared 2-core CPU
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    saved = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
-    yield server
-    discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
-    await server.stop()
+    async with serving() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import discord
 import PIL.Image
 import pytest
-from discord.gateway import DiscordWebSocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import App
@@ -27,7 +25,7 @@ from bot.console import ConsoleFrontend
 from engine import video_encode
 from engine.clock import FakeClock
 from tests import faces_data as fd
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, serving
 from tests.fake_telegram import FakeTelegram, FakeUser, SentMessage
 from tests.tiny_settings import tiny_settings
 
@@ -303,12 +301,8 @@ async def test_a_clip_over_the_video_quota_is_refused_and_stills_are_not_held_ba
 # -- Discord: the invite as a slash-command option, /ops typed in the DM ----------------------------------
 @pytest.fixture
 async def discord_fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    saved = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
-    yield server
-    discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
-    await server.stop()
+    async with serving() as server:
+        yield server
 
 
 async def test_invite_and_operator_console_on_discord(discord_fake: FakeDiscord, tmp_path: Path) -> None:
