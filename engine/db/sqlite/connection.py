@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,12 +22,26 @@ from engine.db.base import Params, Row
 from engine.db.sqlite import migrations, queries
 
 PRAGMAS = (
+    "PRAGMA busy_timeout=10000",  # first: the others may wait for another process opening the same file
     "PRAGMA journal_mode=WAL",
     "PRAGMA secure_delete=ON",
-    "PRAGMA busy_timeout=10000",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
+
+
+async def _execute_waiting(db: aiosqlite.Connection, statement: str, attempts: int = 50) -> None:
+    """Run `statement`, waiting while another process holds the lock it needs. Switching a new file to WAL
+    answers "database is locked" at once (SQLite does not call the busy handler there), for example when
+    several processes open a new database together."""
+    for attempt in range(attempts):
+        try:
+            await db.execute(statement)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.1)
 
 
 class SqliteDatabase(base.Database):
@@ -49,7 +64,7 @@ class SqliteDatabase(base.Database):
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
         for pragma in PRAGMAS:
-            await db.execute(pragma)
+            await _execute_waiting(db, pragma)
         database = cls(db, clock or Clock())
         try:
             await database.migrate()
